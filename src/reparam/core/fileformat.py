@@ -1,0 +1,144 @@
+"""The one file format: safetensors payload + a JSON header, checked on load. Nothing is ever unpickled.
+
+The header lives in the safetensors metadata under the key "reparam" and always holds:
+  format: "reparam", format_version, kind (e.g. "model", "checkpoint", "pranc", "mask"),
+  tensors: {name: [dtype, shape]}, crc32 (of the tensors' bytes in sorted-name order),
+plus whatever the caller adds. Writes are atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from reparam.core.errors import ReparamError
+
+FORMAT = "reparam"
+FORMAT_VERSION = 1
+
+
+def _crc32(tensors: dict[str, torch.Tensor]) -> int:
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        crc = zlib.crc32(name.encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
+                             else t.to(torch.uint8).numpy().tobytes(), crc)
+    return crc
+
+
+def _describe(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
+    return {k: [str(v.dtype).replace("torch.", ""), list(v.shape)] for k, v in sorted(tensors.items())}
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
+                 header: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save tensors with a checked header. Returns the full header written."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
+    full.update(header or {})
+    full["tensors"] = _describe(tensors)
+    full["crc32"] = _crc32(tensors)
+    data = st_save(tensors, metadata={"reparam": json.dumps(full, sort_keys=True)})
+    atomic_write_bytes(path, data)
+    return full
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Read and check only the header (cheap: no tensor data is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReparamError(f"file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several types for garbage
+        raise ReparamError(f"{path} is not a reparam safetensors file ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    if "reparam" not in meta:
+        raise ReparamError(f"{path} is a safetensors file without a reparam header")
+    try:
+        header = json.loads(meta["reparam"])
+    except json.JSONDecodeError:
+        raise ReparamError(f"{path}: reparam header is not valid JSON") from None
+    if header.get("format") != FORMAT:
+        raise ReparamError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ReparamError(f"{path}: format_version {header.get('format_version')!r} is not supported; "
+                           f"this reparam reads version {FORMAT_VERSION}")
+    return header
+
+
+def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load tensors and header; check kind, declared shapes/dtypes and the CRC32."""
+    path = Path(path)
+    header = read_header(path)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and header.get("kind") not in kinds:
+        raise ReparamError(f"{path}: file kind {header.get('kind')!r} is not one of {', '.join(kinds)}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ReparamError(f"{path}: truncated or corrupted tensor data ({type(e).__name__})") from None
+    if _describe(tensors) != header.get("tensors"):
+        raise ReparamError(f"{path}: tensors do not match the header's names/shapes/dtypes")
+    if _crc32(tensors) != header.get("crc32"):
+        raise ReparamError(f"{path}: CRC32 mismatch, the file is corrupted")
+    return tensors, header
+
+
+def check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    """Name the first tensor whose name or shape differs between a loaded state and a model's state."""
+    for name, t in expected.items():
+        if name not in state:
+            raise ReparamError(f"{what}: missing tensor {name!r} (shape {list(t.shape)})")
+        if tuple(state[name].shape) != tuple(t.shape):
+            raise ReparamError(f"{what}: tensor {name!r} has shape {list(state[name].shape)}, "
+                               f"the model expects {list(t.shape)}")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise ReparamError(f"{what}: unexpected tensor {extra[0]!r} (the architecture does not match)")
+
+
+def save_model(path: str | Path, model: torch.nn.Module, header: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save a plain model's state_dict (parameters and buffers) as kind 'model'."""
+    return save_tensors(path, dict(model.state_dict()), "model", header)
+
+
+def load_model_state(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load a 'model' or 'checkpoint' file into `model`, naming the first mismatching tensor."""
+    tensors, header = load_tensors(path, ("model", "checkpoint"))
+    if header["kind"] == "checkpoint":
+        tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state_matches(tensors, dict(model.state_dict()), str(path))
+    model.load_state_dict(tensors)
+    return header
