@@ -1,0 +1,68 @@
+"""The `reparam` command. Each method registers its own sub-commands from its own module.
+
+A command module exposes `register(subparsers)` which adds parsers whose `func(args) -> int | None`
+does the work. Modules listed here that do not exist yet are skipped, so a method can land alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from reparam import __version__
+from reparam.core.errors import ReparamError, TrainingDiverged
+
+COMMAND_MODULES = [
+    "reparam.cli.train_cmd",
+    "reparam.pranc.cli",
+    "reparam.image.cli",
+    "reparam.mixturegrowth.cli",
+    "reparam.trp.cli",
+    "reparam.compander.cli",
+    "reparam.tickets.cli",
+    "reparam.reproduce.cli",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage + error and exits 2; we keep the exit code but make the error one line."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reparam", description="Networks whose weights are generated, not stored.")
+    parser.add_argument("--version", action="version", version=f"reparam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue  # the method has not landed yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        rc = args.func(args)
+    except (ReparamError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
