@@ -105,6 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     rule = args.decompose_rule or ("energy:0.15" if args.mode == "none" else "value:0.05")
     scheme, rule = _check_scheme_rule(args.scheme, rule)
+    if args.mode == "nuclear" and args.nuclear <= 0:
+        raise ReparamError("--mode nuclear needs --nuclear > 0 (e.g. 3e-4)")
     trp_cfg = None
     if args.mode != "none":
         trp_cfg = TRPConfig(scheme=scheme, energy=args.energy, period=args.period, project=args.mode == "trp",
@@ -113,8 +115,6 @@ def run_train(args: argparse.Namespace) -> int:
                             only_stride1=not args.all_strides)
     elif not 0 < args.energy < 1:
         raise ReparamError(f"--energy {args.energy} is not allowed; must be in (0, 1)")
-    if args.mode == "nuclear" and args.nuclear <= 0:
-        raise ReparamError("--mode nuclear needs --nuclear > 0 (e.g. 3e-4)")
     if args.schedule == "multistep" and not args.milestones:
         args.milestones = [max(1, args.epochs // 2), max(1, (3 * args.epochs) // 4)]
     config = config_from_args(args)
