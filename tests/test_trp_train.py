@@ -101,7 +101,7 @@ def test_nuclear_code_variant_uses_energy_rank_on_projection_steps_only():
     cb = TRPCallback(targets, cfg)
     w0 = {n: c.weight.detach().clone() for n, c in targets}
     cb.project()
-    for name, conv in targets:
+    for _, conv in targets:
         conv.weight.grad = torch.zeros_like(conv.weight)
     cb.after_backward(None)
     for name, conv in targets:

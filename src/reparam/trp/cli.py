@@ -36,6 +36,8 @@ def _add_decompose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-batches", type=int_list, default=[1, 128],
                    help="batch sizes for CPU latency (default 1,128; empty string to skip)")
     p.add_argument("--latency-repeats", type=positive_int, default=21)
+    p.add_argument("--latency-size", type=positive_int, default=None,
+                   help="square input size for latency (default: the dataset's; FLOPs use the dataset's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,7 +128,8 @@ def run_train(args: argparse.Namespace) -> int:
     def finalize(trained, work: Path) -> dict[str, Any]:
         small, plans, m = decompose_and_measure(
             trained, splits, scheme, rule, only_stride1=not args.all_strides, skip_stem=not args.include_stem,
-            latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats)
+            latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats,
+            latency_size=args.latency_size)
         save_decomposed(work / "decomposed.safetensors", small, args._model_spec, scheme, plans,
                         {"decompose_rule": rule})
         out = dict(m)
@@ -200,7 +203,8 @@ def run_decompose(args: argparse.Namespace) -> int:
     with output_dir(args.out, overwrite=args.overwrite) as work:
         small, plans, m = decompose_and_measure(
             model, splits, scheme, rule, only_stride1=not args.all_strides, skip_stem=not args.include_stem,
-            latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats)
+            latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats,
+            latency_size=args.latency_size)
         m.update(extra)
         m.update(method="trp-decompose", source=str(args.checkpoint), source_method=header.get("method"),
                  model=spec["name"], dataset=args.data, seed=args.seed, decompose_rule=rule,

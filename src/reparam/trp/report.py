@@ -44,7 +44,7 @@ def measure_latency(original: nn.Module, decomposed: nn.Module, input_shape: tup
 def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec, *,
                           only_stride1: bool = True, skip_stem: bool = True, filter_fn: FilterFn | None = None,
                           latency_batches: tuple[int, ...] = (1, 128), latency_repeats: int = 20,
-                          splits_to_eval: tuple[str, ...] = ("val", "test")
+                          latency_size: int | None = None, splits_to_eval: tuple[str, ...] = ("val", "test")
                           ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
     """Decompose `model` and return (decomposed model, plans, metrics)."""
     scheme = canonical_scheme(scheme)
@@ -74,7 +74,9 @@ def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec,
     m["mean_rank"] = sum(p.rank for p in dec) / max(1, len(dec))
     m["mean_rank_fraction"] = sum(p.rank / p.max_rank for p in dec) / max(1, len(dec))
     if latency_batches:
-        m.update(measure_latency(model, small, shape, tuple(latency_batches), latency_repeats))
+        lat_shape = shape if latency_size is None else (shape[0], int(latency_size), int(latency_size))
+        m.update(measure_latency(model, small, lat_shape, tuple(latency_batches), latency_repeats))
+        m["latency_input"] = list(lat_shape)
         m["latency_speedup"] = m[f"latency_speedup_b{max(latency_batches)}"]
         m["latency_threads"] = torch.get_num_threads()
     return small, plans, m
