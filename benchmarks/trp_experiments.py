@@ -115,6 +115,18 @@ def report(root: Path, seeds: list[int], plots: Path) -> None:
         line_plot(series, plots / "trp_acc_vs_speedup.png", "conv-FLOPs speed-up (paper's count)",
                   "test accuracy after decomposition, no fine-tune (%)",
                   title="ResNet-20 on digits: TRP vs post-hoc TSVD")
+    ranks = {}
+    for name in ("trp-nc", "trp-vh", "trp-nc-nu", "trp-vh-nu", "trp-nc-m20", "nuc-only"):
+        f = root / f"{name}-s{seeds[0]}" / "ranks.json"
+        if f.exists():
+            r = json.loads(f.read_text())
+            hist = [h for h in r["history"] if h["ranks"]]
+            ranks[name] = ([h["epoch"] for h in hist],
+                           [statistics.mean(v / r["max_ranks"][k] for k, v in h["ranks"].items()) for h in hist])
+    if ranks:
+        line_plot(ranks, plots / "trp_rank_over_training.png", "epoch",
+                  "mean rank / max rank of the target convs (energy rule)", markers=False,
+                  title=f"Ranks kept by the projection (seed {seeds[0]})")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines))
@@ -129,6 +141,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--plots", default="docs/results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--no-posthoc", action="store_true", help="train only; skip the post-hoc decompositions")
     a = ap.parse_args()
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -140,7 +153,7 @@ def main() -> None:
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda j: run(j[0], j[1], log), jobs))
         post = []
-        for s in seeds:
+        for s in ([] if a.no_posthoc else seeds):
             base = root / f"base-s{s}" / "model.safetensors"
             if not base.exists():
                 continue
