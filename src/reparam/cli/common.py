@@ -61,7 +61,7 @@ def add_data_args(p: argparse.ArgumentParser, data: str = "digits") -> None:
     p.add_argument("--data", default=data, help=f"dataset name (default {data}); see docs for the list")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--train-subset", type=float, default=None,
-                   help="keep this many training examples (or this fraction if < 1), stratified")
+                   help="keep this many training examples (a count > 1) or this fraction (<= 1), stratified")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train held out for validation")
 
 
@@ -107,8 +107,8 @@ def load_splits(args: argparse.Namespace, **options: Any):
     subset = args.train_subset
     if subset is not None:
         if subset <= 0:
-            raise ReparamError(f"--train-subset {subset} is not allowed; use a count >= 1 or a fraction in (0, 1)")
-        subset = int(subset) if subset >= 1 else subset
+            raise ReparamError(f"--train-subset {subset} is not allowed; use a count > 1 or a fraction in (0, 1]")
+        subset = int(subset) if subset > 1 else subset  # 1 (or 1.0) means all of it
     if not 0 < args.val_fraction < 1:
         raise ReparamError(f"--val-fraction {args.val_fraction} is not allowed; must be in (0, 1)")
     return load_dataset(args.data, seed=args.seed, root=args.data_root, val_fraction=args.val_fraction,
