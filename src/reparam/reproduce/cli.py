@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results = run_reproduce(ctx, methods, progress=lambda name: console.print(f"[bold]running {name}[/] ..."))
     mode = "tiny (smoke test)" if args.tiny else "quick" if quick else "full"
-    command = "reparam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "reparam reproduce"
+    command = "reparam " + " ".join(shlex.quote(a) for a in args.argv)
     meta = {"mode": mode, "seed": args.seed, "threads": ctx.threads, "command": command, "started": stamp,
             "seconds": time.perf_counter() - t0}
     write_report(out, results, meta)
