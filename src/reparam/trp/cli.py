@@ -130,8 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
             trained, splits, scheme, rule, only_stride1=not args.all_strides, skip_stem=not args.include_stem,
             latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats,
             latency_size=args.latency_size)
-        save_decomposed(work / "decomposed.safetensors", small, args._model_spec, scheme, plans,
-                        {"decompose_rule": rule})
+        spec = getattr(trained, "build_args", {"name": args.model})
+        save_decomposed(work / "decomposed.safetensors", small, spec, scheme, plans, {"decompose_rule": rule})
         out = dict(m)
         out.update(test_acc_before=m["test_acc_before"], test_acc=m["test_acc_decomposed"],
                    val_acc_decomposed=m["val_acc_decomposed"], params_stored=m["params_after"],
