@@ -60,6 +60,7 @@ class TRPCallback(Callback):
     def on_train_start(self, trainer) -> None:
         if self.config.counter == "global" and trainer.global_step == 0:
             self.project()
+            self.history.append({"epoch": 0, "step": 0, "ranks": dict(self.last_ranks)})
 
     def before_forward(self, trainer, x, y):
         if self.config.counter == "epoch" and self._due(self.batch_in_epoch):

@@ -132,13 +132,28 @@ def energy_for_speedup(model: nn.Module, scheme: str, target: float, input_shape
 
 
 def rank_history_plot(history: list[dict[str, Any]], max_ranks: dict[str, int], path: Path, title: str) -> Path:
-    """Per-layer rank fraction (rank / max rank) at the end of each epoch, one line per layer."""
-    from reparam.metrics.plots import line_plot
+    """Heat map of the rank each layer kept at the end of each epoch (layers down, epochs across)."""
+    import matplotlib.pyplot as plt
 
-    names = [n for n in (history[-1]["ranks"] if history else {})]
-    series = {}
-    for n in names:
-        xs = [h["epoch"] for h in history if n in h["ranks"]]
-        ys = [h["ranks"][n] for h in history if n in h["ranks"]]
-        series[f"{n} (/{max_ranks.get(n, '?')})"] = (xs, ys)
-    return line_plot(series, path, "epoch", "rank kept by the projection", title=title, markers=False)
+    import reparam.metrics.plots  # noqa: F401  (selects the Agg backend)
+
+    hist = [h for h in history if h.get("ranks")]
+    names = list(hist[-1]["ranks"]) if hist else []
+    grid = [[h["ranks"].get(n, float("nan")) for h in hist] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1.6), dpi=120)
+    first, last = (hist[0]["epoch"], hist[-1]["epoch"]) if hist else (0, 0)
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
+                   extent=(first - 0.5, last + 0.5, len(names) - 0.5, -0.5))
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([f"{n} (max {max_ranks.get(n, '?')})" for n in names], fontsize=7)
+    for i, row in enumerate(grid):
+        if row:
+            ax.text(last + 0.6, i, str(row[-1]), va="center", fontsize=7)
+    ax.set_xlabel("epoch (0 = the projection before the first step)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="rank kept", pad=0.08)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
