@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--plots", default="docs/results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--sweep-seeds", default=None, help="seeds for the post-hoc energy sweep (default: the first)")
     ap.add_argument("--no-posthoc", action="store_true", help="train only; skip the post-hoc decompositions")
     a = ap.parse_args()
     root = Path(a.root)
@@ -152,6 +153,7 @@ def main() -> None:
         jobs = [train_cmd(root, name, s, common) for name in a.configs.split(",") for s in seeds]
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda j: run(j[0], j[1], log), jobs))
+        sweep_seeds = [int(x) for x in a.sweep_seeds.split(",")] if a.sweep_seeds else seeds[:1]
         post = []
         for s in ([] if a.no_posthoc else seeds):
             base = root / f"base-s{s}" / "model.safetensors"
@@ -167,7 +169,7 @@ def main() -> None:
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--speedup",
                                       f"{m['flops_speedup']:.4f}", "--finetune-epochs", "4",
                                       "--latency-batches", "", "--no-progress", "--out", str(out)]), out))
-                for e in SWEEP:
+                for e in SWEEP if s in sweep_seeds else ():
                     out = root / f"sweep-{scheme}-e{e}-s{s}"
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--energy", str(e),
                                       "--latency-batches", "", "--out", str(out)]), out))
