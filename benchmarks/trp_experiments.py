@@ -107,13 +107,17 @@ def report(root: Path, seeds: list[int], plots: Path) -> None:
         if xs:
             series[f"post-hoc TSVD {scheme} (energy sweep)"] = (xs, ys)
             summary[f"sweep-{scheme}"] = {"speedup": xs, "acc": ys, "energy": list(SWEEP[:len(xs)])}
+    errors = {}
     for name in ("trp-nc", "trp-vh", "trp-nc-nu", "trp-vh-nu", "trp-nc-m20", "nuc-only"):
         if name in summary:
-            series[name] = (summary[name]["flops_speedup"], [100 * a for a in summary[name]["test_acc"]])
+            accs = [100 * a for a in summary[name]["test_acc"]]
+            label = f"{name} (mean of {len(accs)} seed{'s' if len(accs) > 1 else ''})"
+            series[label] = ([statistics.mean(summary[name]["flops_speedup"])], [statistics.mean(accs)])
+            errors[label] = [statistics.stdev(accs) if len(accs) > 1 else 0.0]
     if series:
         plots.mkdir(parents=True, exist_ok=True)
         line_plot(series, plots / "trp_acc_vs_speedup.png", "conv-FLOPs speed-up (paper's count)",
-                  "test accuracy after decomposition, no fine-tune (%)",
+                  "test accuracy after decomposition, no fine-tune (%)", errors=errors,
                   title="ResNet-20 on digits: TRP vs post-hoc TSVD")
     ranks = {}
     for name in ("trp-nc", "trp-vh", "trp-nc-nu", "trp-vh-nu", "trp-nc-m20", "nuc-only"):
