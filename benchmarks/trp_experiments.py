@@ -57,6 +57,7 @@ def load(path: Path) -> dict | None:
 
 
 def mean_sd(xs: list[float]) -> str:
+    xs = [x for x in xs if x == x]   # drop NaN (a measurement that was not taken)
     if not xs:
         return "-"
     if len(xs) == 1:
