@@ -130,7 +130,7 @@ def report(root: Path, seeds: list[int], plots: Path) -> None:
                            [statistics.mean(v / r["max_ranks"][k] for k, v in h["ranks"].items()) for h in hist])
     if ranks:
         line_plot(ranks, plots / "trp_rank_over_training.png", "epoch",
-                  "mean rank / max rank of the target convs (energy rule)", markers=False,
+                  "mean over target convs of rank / max rank", markers=False,
                   title=f"Ranks kept by the projection (seed {seeds[0]})")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
