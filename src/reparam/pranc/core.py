@@ -120,24 +120,24 @@ class PrancCoefficients(nn.Module):
     # -- training path (fast) ---------------------------------------------------------------------------
     def fast_columns(self, alpha_b: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
         if self.mode == "materialized":
-            return alpha_b @ getattr(self, f"basis_{block}")[:, c0:c1]
+            return alpha_b @ getattr(self, f"basis_{block}")[:, c0:c1].to(alpha_b.dtype)
         out = None
         k, step = alpha_b.shape[0], self.config.chunk
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
-            part = alpha_b[r0:r1] @ self.generate(block, r0, r1, c0, c1)
+            part = alpha_b[r0:r1] @ self.generate(block, r0, r1, c0, c1).to(alpha_b.dtype)
             out = part if out is None else out.add_(part)
         return out
 
     def grad_columns(self, block: int, c0: int, c1: int, g: torch.Tensor) -> torch.Tensor:
         """dL/dalpha_b = B[:, c0:c1] @ g, chunk by chunk in streamed mode."""
         if self.mode == "materialized":
-            return getattr(self, f"basis_{block}")[:, c0:c1] @ g
+            return getattr(self, f"basis_{block}")[:, c0:c1].to(g.dtype) @ g
         k, step = self.blocks[block].k, self.config.chunk
         out = torch.empty(k, dtype=g.dtype, device=g.device)
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
-            out[r0:r1] = self.generate(block, r0, r1, c0, c1) @ g
+            out[r0:r1] = self.generate(block, r0, r1, c0, c1).to(g.dtype) @ g
         return out
 
     # -- exact path (canonical) ---------------------------------------------------------------------------
