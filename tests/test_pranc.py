@@ -337,8 +337,8 @@ def test_bad_inputs(tmp_path):
     # a file from a future generator version
     import json
 
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata())
