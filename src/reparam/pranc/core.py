@@ -113,7 +113,7 @@ class PrancCoefficients(nn.Module):
         """Switch between materialized (basis in non-persistent buffers, one per tensor) and streamed."""
         if mode not in ("materialized", "streamed"):
             raise ReparamError(f"unknown PRANC mode {mode!r}; allowed: materialized, streamed")
-        for i, s in enumerate(self.segments):
+        for i in range(len(self.segments)):
             name = f"basis_{i}"
             if name in self._buffers:
                 del self._buffers[name]
