@@ -253,33 +253,28 @@ def cmd_sweep(args) -> int:
         per_seed = 1 + len(args.k) * (1 + sum(b in baselines for b in ("hashednet", "pruning", "regression",
                                                                            "narrow")))
         task = prog.add_task("sweep", total=args.seeds * per_seed)
+        def add(r: dict[str, Any] | None, **fields: Any) -> None:
+            if r is not None:
+                rows.append({**r, **fields})
+                write_json(work / "results.json", {"rows": rows, "args": _jsonable_args(args)})
+            prog.advance(task)
+
         for s in range(args.seed, args.seed + args.seeds):
             tp = ex.pranc_tconfig(args.epochs, args.lr, s, args.batch_size)
             td = ex.dense_tconfig(args.epochs, s, args.dense_lr, args.batch_size)
             dense, r = ex.run_dense(spec, splits, td)
-            r["seed"] = s
-            rows.append(r)
-            prog.advance(task)
+            add(r, seed=s)
             for k in args.k:
                 _, r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk))
-                rows.append({**r, "seed": s, "counts": None})
-                prog.advance(task)
+                add(r, seed=s, counts=None)
                 if "hashednet" in baselines:
-                    _, r = ex.run_hashednet(spec, splits, tp, k)
-                    rows.append({**r, "seed": s})
-                    prog.advance(task)
+                    add(ex.run_hashednet(spec, splits, tp, k)[1], seed=s)
                 if "pruning" in baselines:
-                    rows.append({**ex.run_pruning(dense, splits, td, k), "seed": s, "k": k})
-                    prog.advance(task)
+                    add(ex.run_pruning(dense, splits, td, k), seed=s, k=k)
                 if "regression" in baselines:
-                    rows.append({**ex.run_regression(dense, splits, k, s), "seed": s})
-                    prog.advance(task)
+                    add(ex.run_regression(dense, splits, k, s), seed=s)
                 if "narrow" in baselines:
-                    r = ex.run_narrow(spec, splits, td, k)
-                    if r is not None:
-                        rows.append({**r, "seed": s, "k": k})
-                    prog.advance(task)
-            write_json(work / "results.json", {"rows": rows, "args": _jsonable_args(args)})
+                    add(ex.run_narrow(spec, splits, td, k), seed=s, k=k)
         summary = summarize(rows)
         series, errors = {}, {}
         for method, pts in summary.items():
