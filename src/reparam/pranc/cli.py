@@ -29,8 +29,9 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("eval", help="rebuild the model from the file alone and print its test accuracy")
     e.add_argument("file")
-    add_data_args(e, "digits")
-    e.add_argument("--seed", type=int, default=0, help="data split seed (use the training run's)")
+    add_data_args(e, None)
+    e.add_argument("--seed", type=int, default=None, help="data split seed (default: the training run's, "
+                                                          "from the file)")
     e.add_argument("--basis-seed", type=int, default=None, help="override the stored basis seed")
     e.add_argument("--json", action="store_true", help="print a JSON object with test_acc")
     add_runtime_args(e)
@@ -176,6 +177,11 @@ def cmd_eval(args) -> int:
     setup_runtime(args)
     header = read_prnc_header(args.file)
     arch = header.get("architecture") or {}
+    extra = header.get("extra") or {}
+    if args.data is None:
+        args.data = extra.get("dataset", "digits")
+    if args.seed is None:
+        args.seed = int(extra.get("data_seed", 0))
     splits = load_splits(args)
     if arch and (splits.num_classes != arch.get("num_classes") or splits.in_channels != arch.get("in_channels")
                  or list(splits.image_size) != list(arch.get("image_size", []))):
