@@ -134,6 +134,9 @@ def select(scores: Mapping[str, torch.Tensor], pattern: Pattern, sparsity: float
         raise ReparamError(f"unknown pruning scope {scope!r}; allowed: {', '.join(SCOPES)}")
     _check_sparsity(sparsity)
     names = list(scores)
+    if not names:
+        raise ReparamError("no prunable layers: the model has no conv layers (include Linear layers with "
+                           "prune_linear / --prune-linear)")
     prev = prev or {}
     if pattern.kind == "nm" or scope == "layer":
         return {k: layer_mask(scores[k], pattern, 1.0 - sparsity, prev.get(k)) for k in names}
