@@ -176,3 +176,24 @@ def test_prunable_filter_excludes_head_and_optionally_first_conv():
     assert mk.layer_names(model) == ["conv1", "conv2"]
     assert mk.layer_names(model, mk.prunable(first_conv=False)) == ["conv2"]
     assert mk.layer_names(model, mk.prunable(linear=True)) == ["conv1", "conv2"]  # head never
+
+
+def test_channel_ticket_export_is_exact_and_smaller():
+    from reparam.models import build_model
+    from reparam.tickets.export import apply_param_masks, channel_masks_with_bn, export_channel_ticket
+
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3, in_channels=1, image_size=(8, 8), width=0.25)
+    x = torch.rand(4, 1, 8, 8)
+    model(torch.rand(16, 1, 8, 8))          # non-trivial BN statistics
+    model.eval()
+    masks = select({k: v.abs() for k, v in mk.weights(model).items()}, Pattern("channel"), 0.5, "layer")
+    small = export_channel_ticket(model, masks, x)
+    masked = apply_param_masks(__import__("copy").deepcopy(model), channel_masks_with_bn(model, masks, x))
+    masked.eval()
+    small.eval()
+    with torch.no_grad():
+        assert torch.allclose(small(x), masked(x), atol=1e-5)
+    n_small = sum(p.numel() for p in small.parameters())
+    n_full = sum(p.numel() for p in model.parameters())
+    assert n_small < 0.5 * n_full

@@ -15,7 +15,6 @@ from reparam.cli.common import (
     build_from_spec,
     float_list,
     int_list,
-    model_spec,
     positive_int,
     print_table,
     setup_runtime,
@@ -94,6 +93,14 @@ def register(subparsers) -> None:
     add_runtime_args(tr)
     tr.set_defaults(func=cmd_transfer)
 
+    ex = sub.add_parser("export", help="channel ticket -> physically smaller model: MACs, params, latency")
+    ex.add_argument("--mask", required=True, help="a channel-pattern mask file written by 'tickets draw'")
+    ex.add_argument("--batch", type=positive_int, default=64, help="batch size of the latency measurement")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--overwrite", action="store_true")
+    add_runtime_args(ex)
+    ex.set_defaults(func=cmd_export)
+
     cp = sub.add_parser("compare", help="robust-vs-natural grid over seeds: table of deltas and plots")
     cp.add_argument("--data", default="digits", help="source dataset")
     cp.add_argument("--classes", type=_class_list, default=[0, 1, 2, 3, 4])
@@ -127,6 +134,7 @@ def register(subparsers) -> None:
 def cmd_pretrain(args) -> int:
     from reparam.cli.common import load_splits, train_and_report
     from reparam.core.runtime import seed_everything
+    from reparam.models import build_model
     from reparam.tickets.attacks import AdversarialTraining, GaussianNoiseTraining, PGDConfig, robust_accuracy
     from reparam.tickets.targets import register_targets
 
@@ -141,7 +149,8 @@ def cmd_pretrain(args) -> int:
     with output_dir(args.out, overwrite=args.overwrite) as work:
         for eps in args.eps:
             seed_everything(args.seed)
-            model = build_from_spec(model_spec(args.model, splits))
+            model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                                image_size=splits.image_size, mean=splits.mean, std=splits.std)
             cfg = PGDConfig(eps=eps, norm=args.norm, steps=args.steps, alpha=args.alpha).check()
             if eps == 0:
                 cbs = []
@@ -151,7 +160,7 @@ def cmd_pretrain(args) -> int:
                 cbs = [AdversarialTraining(cfg, seed=args.seed)]
             sub = argparse.Namespace(**vars(args))
             sub.out, sub.resume, sub.overwrite = str(work / f"eps_{eps:g}"), False, False
-            sub._model_spec = model_spec(args.model, splits)
+            sub._model_spec = dict(model.build_args)   # read by some versions of train_and_report
             ecfg = PGDConfig(eps=eval_eps, norm=args.norm, steps=10, alpha=2.5 * eval_eps / 10)
 
             def finalize(m, _w, ecfg=ecfg):
@@ -312,6 +321,37 @@ def cmd_transfer(args) -> int:
         write_json(work / "transfer.json", results)
     print_table(f"transfer to {args.target} ({args.protocol})",
                 [(f"eps={r['eps']:g} sparsity {r['sparsity']:.3f}", r["test_acc"]) for r in results])
+    return 0
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from reparam.core.fileformat import save_model
+    from reparam.tickets import masks as mk
+    from reparam.tickets.export import export_channel_ticket, size_report
+
+    setup_runtime(args)
+    masks, h = mk.load_masks(args.mask)
+    if not str(h.get("pattern", "")).startswith("channel"):
+        raise ReparamError(f"{args.mask} holds a {h.get('pattern')!r} ticket; export needs a channel ticket "
+                           "(draw with --pattern channel)")
+    model = load_pretrained(Path(h["from"]))
+    x = torch.rand(args.batch, model.build_args["in_channels"], *model.build_args["image_size"])
+    small = export_channel_ticket(model, masks, x)
+    with output_dir(args.out, overwrite=args.overwrite) as work:
+        dense, exported = size_report(model, x), size_report(small, x)
+        save_model(work / "model.safetensors", small, {"source_mask": str(Path(args.mask).resolve()),
+                                                       "note": "re-export from the mask to rebuild"})
+        m = {"method": "tickets-export", "mask": str(args.mask), "sparsity": mk.sparsity(masks),
+             "dense": dense, "exported": exported, "macs_ratio": exported["macs"] / dense["macs"],
+             "params_ratio": exported["params"] / dense["params"],
+             "speedup": dense["latency_s"] / exported["latency_s"]}
+        write_json(work / "metrics.json", m)
+    print_table("channel ticket export", [("MACs dense / exported", f"{dense['macs']:.3g} / {exported['macs']:.3g}"),
+                                          ("params dense / exported",
+                                           f"{dense['params']:.0f} / {exported['params']:.0f}"),
+                                          ("latency speedup", f"{m['speedup']:.2f}x")])
     return 0
 
 
