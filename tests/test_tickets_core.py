@@ -197,3 +197,23 @@ def test_channel_ticket_export_is_exact_and_smaller():
     n_small = sum(p.numel() for p in small.parameters())
     n_full = sum(p.numel() for p in model.parameters())
     assert n_small < 0.5 * n_full
+
+
+def test_noise_training_callback_and_domain_shifts():
+    from reparam.tickets.attacks import GaussianNoiseTraining
+    from reparam.tickets.targets import apply_shift, register_targets
+
+    x = torch.rand(5, 1, 8, 8)
+    xn, _ = GaussianNoiseTraining(0.5).before_forward(None, x, None)
+    assert xn.min() >= 0 and xn.max() <= 1 and not torch.equal(xn, x)
+    assert torch.equal(apply_shift(x, "inverted"), 1 - x)
+    assert torch.equal(apply_shift(x, "rotated"), torch.rot90(x, 1, (2, 3)))
+    assert torch.equal(apply_shift(x, "noisy", seed=3), apply_shift(x, "noisy", seed=3))
+    b = apply_shift(x, "blurred")
+    assert b.shape == x.shape and b.std() < x.std()
+    names = register_targets()
+    assert {"digits-inverted", "digits28", "digits28-noisy", "fashion-mnist-rotated"} <= set(names)
+    from reparam.data import load_dataset
+
+    d = load_dataset("digits28-inverted", classes=[5, 6])
+    assert d.image_size == (28, 28) and d.num_classes == 2
