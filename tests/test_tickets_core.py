@@ -217,3 +217,12 @@ def test_noise_training_callback_and_domain_shifts():
 
     d = load_dataset("digits28-inverted", classes=[5, 6])
     assert d.image_size == (28, 28) and d.num_classes == 2
+
+
+def test_prunable_filter_is_reusable_across_models():
+    from reparam.models import build_model
+
+    f = mk.prunable(first_conv=False)
+    assert mk.layer_names(Tiny(), f) == ["conv2"]
+    cnn = build_model("cnn", num_classes=3, in_channels=1, image_size=(8, 8), width=0.25)
+    assert mk.layer_names(cnn, f) == ["body.3", "body.7"]

@@ -31,6 +31,9 @@ def prunable(first_conv: bool = True, linear: bool = False, head: str = "head") 
     first: list[str] = []
 
     def fn(module: nn.Module, name: str) -> bool:
+        if name == "":   # the root starts every traversal (select_layers): forget the last model's first conv
+            first.clear()
+            return False
         if name == head or name.startswith(head + "."):
             return False
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
