@@ -67,6 +67,12 @@ def omp_tables(rows, out: list[str]) -> None:
             lo = report.summarize(report.select(base, sparsity_target=lambda s: s <= 0.8))
             g = f"{hi['mean'] - lo['mean']:+.2f}" if hi["n"] and lo["n"] else "-"
             out.append(f"| {p} | {e:g} | {fmt(report.summarize(base))} | {fmt(hi)} | {fmt(lo)} | {g} |")
+    for p in protos:
+        sel = report.selected_eps_deltas(rows, p, "omp")
+        if sel:
+            hi = report.summarize(report.select(sel, sparsity_target=lambda s: s >= 0.9))
+            out.append(f"| {p} | per-task eps (best val acc of the dense transfer) | "
+                       f"{fmt(report.summarize(sel))} | {fmt(hi)} | | |")
     out.append("")
     out.append("### OMP: per-target paired delta (pp, mean over sparsities and seeds)\n")
     out.append("| protocol | eps | " + " | ".join(targets) + " |")

@@ -178,3 +178,26 @@ def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"{metric}_delta"] = {f"{eps:g}/{proto}": summarize(select(dm, eps=eps, protocol=proto))
                                   for eps in eps_vals for proto in sorted({x["protocol"] for x in dm})}
     return out
+
+
+def select_eps_per_task(rows: list[dict[str, Any]], protocol: str = "linear", scheme: str = "omp",
+                        by_sparsity: float = 0.0) -> dict[tuple[str, int], float]:
+    """Per (target, seed): the eps > 0 whose ticket at `by_sparsity` has the best validation accuracy
+    ("follow [19]": eps chosen per task on validation data; the natural model is the baseline)."""
+    best: dict[tuple[str, int], tuple[float, float]] = {}
+    for r in rows:
+        if (r["protocol"] != protocol or r["scheme"] != scheme or r["eps"] == 0
+                or r["sparsity_target"] != by_sparsity or r.get("val_acc") is None):
+            continue
+        k = (r["target"], r["seed"])
+        if k not in best or r["val_acc"] > best[k][1]:
+            best[k] = (r["eps"], r["val_acc"])
+    return {k: v[0] for k, v in best.items()}
+
+
+def selected_eps_deltas(rows: list[dict[str, Any]], protocol: str = "linear", scheme: str = "omp"
+                        ) -> list[dict[str, Any]]:
+    """Paired deltas of the per-task selected eps against natural, at every sparsity."""
+    chosen = select_eps_per_task(rows, protocol, scheme)
+    d = select(paired_deltas(rows), protocol=protocol, scheme=scheme)
+    return [x for x in d if chosen.get((x["target"], x["seed"])) == x["eps"]]
