@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Run MixtureGrowth and its baselines over seeds and write results.md "
                                     "(mean ± std), results.jsonl, summary.json and plots.")
     _common(c)
-    c.add_argument("--seeds", type=positive_int, default=3, help="number of seeds 0..N-1 (default 3)")
+    c.add_argument("--seeds", type=positive_int, default=3, help="number of seeds (default 3)")
+    c.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed+seeds-1")
     c.add_argument("--tables", default="1,4,2,6", help="which analogues to run (default 1,4,2,6)")
     c.add_argument("--methods", default="large,large-match,small,small-match,random,net2net,wo-fusion,"
                    "mixturegrowth", help="Table 1 methods")
@@ -191,17 +192,18 @@ def run_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from reparam.core.outdir import partial_path
-    from reparam.mixturegrowth.compare import growth_curves, plan_jobs, run_jobs, summarize
+    from reparam.mixturegrowth.compare import cka_plots, growth_curves, plan_jobs, run_jobs, summarize
 
     set_threads(args.threads if args.threads else default_threads())
-    args.seed = 0
+    args.seed = args.first_seed
     base = _settings(args)
     _check_model(args, None)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     inits = [c.strip() for c in args.coef_inits.split(",") if c.strip()]
     layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
-    jobs = plan_jobs(list(range(args.seeds)), tables, methods, inits, args.fractions, args.sweep_budget, layouts)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    jobs = plan_jobs(seeds, tables, methods, inits, args.fractions, args.sweep_budget, layouts)
     console = Console()
     if args.resume and not partial_path(args.out).exists():
         raise ReparamError(f"--resume: {partial_path(args.out)} does not exist")
@@ -215,11 +217,12 @@ def run_compare(args: argparse.Namespace) -> int:
         records = run_jobs(jobs, base, lambda seed: _load(args, seed), work, progress)
         text, numbers = summarize(records, base)
         curves = growth_curves(records, base, work / "growth_curves.png")
+        plots = ([curves.name] if curves else []) + cka_plots(records, base, work)
         header = (f"# MixtureGrowth comparison: {args.model} on {args.data}, E = {base.full_epochs} epochs, "
                   f"{args.seeds} seeds\n\n")
         (work / "results.md").write_text(header + text + "\n")
         write_json(work / "summary.json", {"settings": asdict(base), "tables": numbers,
-                                           "plots": [str(curves.name)] if curves else [],
+                                           "plots": plots,
                                            "seconds": time.perf_counter() - t0})
     console.print(text)
     return 0

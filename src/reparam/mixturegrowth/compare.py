@@ -74,7 +74,6 @@ def run_jobs(jobs: list[Job], base: GrowSettings, load_splits, work: Path, progr
         unique.setdefault(job.key, job)
     records = []
     splits_cache: dict[int, Any] = {}
-    cka_dir = work / "cka"
     for i, (key, job) in enumerate(unique.items()):
         if key in done:
             records.append(done[key])
@@ -90,18 +89,30 @@ def run_jobs(jobs: list[Job], base: GrowSettings, load_splits, work: Path, progr
             net1, _ = train_net1(s, splits, work / "cache")
         res: RunResult = run_method(job.method, s, splits, net1)
         rec = {"key": key, "table": job.table, "settings": asdict(s), **res.to_dict()}
-        if job.method in CKA_METHODS and not job.overrides and job.seed == base.seed:
-            cka_dir.mkdir(exist_ok=True)
-            mat = epoch_cka(res)
-            rec["cka_epochs"] = mat.tolist()
-            marks = [i for i in range(1, len(res.snapshot_phases))
-                     if res.snapshot_phases[i] != res.snapshot_phases[i - 1]]
-            save_heatmap(mat, cka_dir / f"cka_epochs_{job.method}.png",
-                         f"{job.method}: last-layer CKA across epochs", "epoch", "epoch", marks)
+        if job.method in CKA_METHODS and not job.overrides:
+            rec["cka_epochs"] = epoch_cka(res).tolist()
+            rec["snapshot_phases"] = res.snapshot_phases
         with results_path.open("a") as f:
             f.write(json.dumps(rec, default=float) + "\n")
         records.append(rec)
     return records
+
+
+def cka_plots(records: list[dict], base: GrowSettings, out: Path) -> list[str]:
+    """Fig. 4 analogue: epoch x epoch CKA of the penultimate features, first seed of each method."""
+    written = []
+    for m in CKA_METHODS:
+        rs = sorted([r for r in records if r["method"] == m and "cka_epochs" in r], key=lambda r: r["seed"])
+        if not rs:
+            continue
+        r = rs[0]
+        ph = r.get("snapshot_phases", [])
+        marks = [i for i in range(1, len(ph)) if ph[i] != ph[i - 1]]
+        name = f"cka_epochs_{m}.png"
+        save_heatmap(torch.tensor(r["cka_epochs"]), out / name, f"{m} (seed {r['seed']}): CKA across epochs",
+                     "epoch", "epoch", marks)
+        written.append(name)
+    return written
 
 
 def _ms(values: list[float]) -> str:
