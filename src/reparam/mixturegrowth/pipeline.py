@@ -156,10 +156,11 @@ class RunResult:
     snapshots: list[torch.Tensor] = field(default_factory=list, repr=False)
     snapshot_phases: list[str] = field(default_factory=list)
     model: nn.Module | None = field(default=None, repr=False)
+    pre_growth_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("snapshots", "model")}
-        return d
+        skip = ("snapshots", "model", "pre_growth_state")
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip}
 
 
 # -- building blocks ------------------------------------------------------------------------------------
@@ -279,6 +280,8 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
         extra["net2_test_acc"] = res.test_acc
         extra["ensemble_test_acc"] = ensemble_acc(model, splits.test)
         extra["ensemble_val_acc"] = ensemble_acc(model, splits.val)
+    pre_growth = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    extra["coef_norm_members"] = _member_coef_norm(model)
     info = grow(model, s.layout, s.coef_init, fusion=fusion, coef_scale=s.coef_scale, copy_noise=s.copy_noise,
                 seed=derive_seed(s.seed, 13))
     extra["grown_val_acc_at_growth"] = _acc(model, splits.val)
@@ -309,7 +312,17 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
     extra["plan"] = asdict(plan)
     return RunResult("mixturegrowth" if fusion else "wo-fusion", s.seed, res.test_acc, res.val_acc,
                      led.normalized, {"net2": plan.net2_epochs, "grown": plan.grown_epochs},
-                     led.to_dict(), history, extra, snaps, phases, model)
+                     led.to_dict(), history, extra, snaps, phases, model, pre_growth)
+
+
+def _member_coef_norm(model: nn.Module) -> float:
+    """Mean L2 norm of the trained members' coefficient vectors over the inner (g x g) layers: the scale a
+    unit-norm new coefficient vector is compared with."""
+    from reparam.mixturegrowth.layers import template_layers
+
+    norms = [float(c.detach().norm()) for _, _, p in template_layers(model) if p.grid_shape == (2, 2)
+             for c in list(p.coefs)[:2]]
+    return sum(norms) / max(1, len(norms))
 
 
 def run_widening(s: GrowSettings, splits, net1_state, method: str) -> RunResult:
