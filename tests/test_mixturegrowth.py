@@ -355,3 +355,20 @@ def test_member_mode_restores():
         assert m.stage_1[0].bn1.member == 0
     assert m.stage_1[0].bn1.member == 1
     assert isinstance(m.head, nn.Linear)
+
+
+def test_reproduce_exact_claims_hold():
+    from reparam.mixturegrowth.reproduce import _exact_claims
+
+    claims = _exact_claims("wrn-10-1")
+    assert [c.verdict for c in claims] == ["holds"] * 3
+    assert claims[0].details["max_abs_diff"] < 1e-5
+
+
+def test_code_style_restart_schedule():
+    from reparam.mixturegrowth.pipeline import CosineRestarts
+
+    cb = CosineRestarts(1e-4, total_steps=40, cycles=4, decay=0.5, lr_min=3e-5)
+    assert cb.value(0) == pytest.approx(1e-4)
+    assert cb.value(10) == pytest.approx(5e-5)                      # second cycle restarts at half the peak
+    assert cb.value(1) > cb.value(5) > cb.value(9) > 3e-5           # cosine decay towards lr_min in a cycle
