@@ -203,6 +203,28 @@ def summarize(records: list[dict], base: GrowSettings) -> tuple[str, dict[str, A
                 numbers.setdefault("table6", {})[lay] = acc
                 lines.append(f"| {lay} | {_ms(acc)} | {len(rs)} |")
             lines.append("")
+    cka_rows = []
+    for m in CKA_METHODS:
+        rs = [r for r in records if r["method"] == m and "cka_epochs" in r]
+        if not rs:
+            continue
+        adj, boundary = [], []
+        for r in rs:
+            mat = r["cka_epochs"]
+            adj += [mat[i][i + 1] for i in range(len(mat) - 1)]
+            ph = r.get("snapshot_phases", [])
+            boundary += [mat[i - 1][i] for i in range(1, len(ph)) if ph[i] != ph[i - 1]]
+        cka_rows.append((m, adj, boundary, len(rs)))
+    if cka_rows:
+        lines += ["### Fig. 4 analogue: linear CKA of the penultimate features between epochs", "",
+                  "| method | mean CKA(epoch, epoch+1) | min CKA(epoch, epoch+1) | CKA across the growth step "
+                  "| seeds |",
+                  "|---|---|---|---|---|"]
+        for m, adj, boundary, n in cka_rows:
+            b = f"{statistics.mean(boundary):.3f}" if boundary else "-"
+            lines.append(f"| {m} | {statistics.mean(adj):.3f} | {min(adj):.3f} | {b} | {n} |")
+            numbers.setdefault("cka", {})[m] = {"adjacent": adj, "growth_step": boundary}
+        lines.append("")
     return "\n".join(lines), numbers
 
 
