@@ -55,3 +55,37 @@ def test_compare_plan_dedupes_shared_runs():
     keys = {Job(j.table, j.method, j.seed, _normalize(base, j)).key for j in jobs}
     # table-4 orthogonal == table-1 mixturegrowth; table-6 vertical == table-2 x=1.0
     assert len(keys) == len(jobs) - 2
+
+
+def _rec(method, seed, acc, **over):
+    from dataclasses import asdict, replace
+
+    s = replace(GrowSettings(budget=0.45, fraction=1.0), seed=seed, **over)
+    extra = {"grown_test_acc_at_growth": acc - 0.1, "grown_val_acc_at_growth": acc - 0.1,
+             "ensemble_test_acc": acc + 0.01}
+    hist = [{"phase": "net2", "val_acc": 0.5}, {"phase": "grown", "val_acc": acc}]
+    return {"key": f"{method}{seed}{over}", "method": method, "seed": seed, "test_acc": acc, "val_acc": acc,
+            "flops_norm": 0.45, "settings": asdict(s), "extra": extra, "history": hist,
+            "cka_epochs": [[1.0, 0.5], [0.5, 1.0]], "snapshot_phases": ["net2", "grown"]}
+
+
+def test_summarize_tables(tmp_path):
+    from reparam.mixturegrowth.compare import cka_plots, growth_curves, summarize
+
+    base = GrowSettings(budget=0.45, fraction=1.0)
+    recs = []
+    for seed in (0, 1):
+        recs += [_rec("mixturegrowth", seed, 0.9 + seed / 100), _rec("wo-fusion", seed, 0.8),
+                 _rec("mixturegrowth", seed, 0.7, coef_init="copy"),
+                 _rec("wo-fusion", seed, 0.6, budget=0.35),
+                 _rec("mixturegrowth", seed, 0.85, budget=0.35, fraction=0.4),
+                 _rec("mixturegrowth", seed, 0.86, budget=0.35),
+                 _rec("mixturegrowth", seed, 0.84, budget=0.35, layout="horizontal")]
+    text, numbers = summarize(recs, base)
+    assert "| mixturegrowth | 90.50 ± 0.71 | 0.450X |" in text
+    assert numbers["table4"]["copy"]["test_acc"] == [0.7, 0.7]
+    assert list(numbers["table2"]["0.35"]) == ["0.0", "0.4", "1.0"]
+    assert numbers["table6"]["horizontal"] == [0.84, 0.84]
+    assert numbers["cka"]["mixturegrowth"]["growth_step"] == [0.5] * 2
+    assert growth_curves(recs, base, tmp_path / "g.png").exists()
+    assert "cka_epochs_mixturegrowth.png" in cka_plots(recs, base, tmp_path)

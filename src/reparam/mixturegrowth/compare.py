@@ -205,7 +205,7 @@ def summarize(records: list[dict], base: GrowSettings) -> tuple[str, dict[str, A
             lines.append("")
     cka_rows = []
     for m in CKA_METHODS:
-        rs = [r for r in records if r["method"] == m and "cka_epochs" in r]
+        rs = [r for r in records if r["method"] == m and "cka_epochs" in r and same(r)]
         if not rs:
             continue
         adj, boundary = [], []
