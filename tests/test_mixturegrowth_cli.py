@@ -32,6 +32,9 @@ def test_grow_cli_writes_metrics_and_ledger(tmp_path):
     # zero init: the grown network right after growth IS the logit-sum ensemble
     assert abs(m["grown_test_acc_at_growth"] - m["ensemble_test_acc"]) < 1e-6
     assert (out / "model.safetensors").exists() and (out / "cka_epochs.png").exists()
+    assert (out / "cka_layers_net1_vs_net2.png").exists()
+    n_conv = 1 + 3 * 3 - 1                                           # stem + 3 blocks x (2 convs + shortcut) - 1
+    assert len(m["cka_layers"]["grown_vs_net1"]) == n_conv
     assert len((out / "log.jsonl").read_text().splitlines()) == 4
 
 

@@ -157,6 +157,10 @@ def run_grow(args: argparse.Namespace) -> int:
                  if res.snapshot_phases[i] != res.snapshot_phases[i - 1]]
         save_heatmap(mat, work / "cka_epochs.png", f"{args.method}: last-layer CKA across epochs", "epoch",
                      "epoch", marks)
+        for pair, layer_mat in res.extra.get("cka_layers", {}).items():
+            a, b = pair.split("_vs_")
+            save_heatmap(torch.tensor(layer_mat), work / f"cka_layers_{pair}.png", f"layer CKA: {a} vs {b}",
+                         f"{b} conv layer", f"{a} conv layer")
         history = [dict(h, epoch=i + 1) for i, h in enumerate(res.history)]
         with (work / "log.jsonl").open("w") as f:
             import json

@@ -27,7 +27,7 @@ from reparam.core.errors import ReparamError, choose
 from reparam.core.fileformat import load_tensors, save_tensors
 from reparam.core.runtime import derive_seed, seed_everything
 from reparam.mixturegrowth.baselines import widen
-from reparam.mixturegrowth.cka import cka_matrix
+from reparam.mixturegrowth.cka import cka_matrix, conv_outputs
 from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, match_epochs, solve_budget
 from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS, grow
 from reparam.mixturegrowth.layers import MixtureGrowthConfig, apply, member_mode, param_groups, set_member
@@ -281,6 +281,12 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
         extra["ensemble_test_acc"] = ensemble_acc(model, splits.test)
         extra["ensemble_val_acc"] = ensemble_acc(model, splits.val)
     pre_growth = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    layer_feats = {}
+    with member_mode(model, 0):
+        layer_feats["net1"] = conv_outputs(model, probe)
+    if fusion:
+        with member_mode(model, 1):
+            layer_feats["net2"] = conv_outputs(model, probe)
     extra["coef_norm_members"] = _member_coef_norm(model)
     info = grow(model, s.layout, s.coef_init, fusion=fusion, coef_scale=s.coef_scale, copy_noise=s.copy_noise,
                 seed=derive_seed(s.seed, 13))
@@ -306,6 +312,12 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
         cfg = _train_config(s, plan.grown_epochs, s.grown_lr, phase=14, warmup=s.grown_warmup)
     _, res = _fit(model, splits, cfg, groups, callbacks, optimizer=optimizer)
     history += [dict(r, phase="grown") for r in res.history]
+    # Fig. 5 analogue: layer x layer CKA between the small networks and the trained grown network.
+    grown_feats = conv_outputs(model, probe)
+    extra["cka_layers"] = {"grown_vs_net1": cka_matrix(grown_feats, layer_feats["net1"]).tolist()}
+    if fusion:
+        extra["cka_layers"]["net1_vs_net2"] = cka_matrix(layer_feats["net1"], layer_feats["net2"]).tolist()
+        extra["cka_layers"]["grown_vs_net2"] = cka_matrix(grown_feats, layer_feats["net2"]).tolist()
     phases_list = [Phase("net1", s.full_epochs, r_small, charged=True),
                    Phase("net2", plan.net2_epochs, r_small), Phase("grown", plan.grown_epochs, r_big)]
     led = ledger(phases_list, r_big, s.full_epochs, len(splits.train), charge_net1=s.charge_net1)
