@@ -372,3 +372,21 @@ def test_code_style_restart_schedule():
     assert cb.value(0) == pytest.approx(1e-4)
     assert cb.value(10) == pytest.approx(5e-5)                      # second cycle restarts at half the peak
     assert cb.value(1) > cb.value(5) > cb.value(9) > 3e-5           # cosine decay towards lr_min in a cycle
+
+
+def test_code_variant_inits():
+    m = _tm(seed=12)
+    layers = {n: p for n, _, p in template_layers(m)}
+    p = layers["stage_2.0.conv1"]
+    reserved = p.reserved_rows[0].clone()
+    grow(m, coef_init="orthogonal-code")
+    assert torch.equal(p.coefs[2].data, reserved)                 # block 2 keeps its construction row
+    a = torch.stack([p.coefs[i].detach() for i in range(3)])
+    s = torch.linalg.svdvals(a)
+    assert abs(float(p.coefs[3].norm()) - 1) < 1e-5
+    assert float((a @ p.coefs[3].detach()).norm()) == pytest.approx(float(s[-1]), rel=1e-4)
+    m2 = _tm(seed=12)
+    grow(m2, coef_init="random-code", coef_scale=0.5)
+    for _, _, q in template_layers(m2):
+        if q.grid_shape == (2, 2):
+            assert ((q.coefs[2] >= 0) & (q.coefs[2] < 0.5)).all()
