@@ -19,7 +19,9 @@ TINY = ["--data", "digits", "--train-subset", "150", "--model", "wrn-10-1", "--f
 
 def test_grow_cli_writes_metrics_and_ledger(tmp_path):
     out = tmp_path / "run"
-    rc = main(["grow", *TINY, "--budget", "0.45", "--fraction", "1.0", "--coef-init", "zero",
+    # also exercises the official code's grown phase: momentum carried over, cosine restarts
+    rc = main(["grow", *TINY, "--budget", "0.45", "--fraction", "1.0", "--coef-init", "zero", "--keep-momentum",
+               "--grown-schedule", "restarts", "--grown-lr", "0.001",
                "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -35,7 +37,8 @@ def test_grow_cli_writes_metrics_and_ledger(tmp_path):
     assert (out / "cka_layers_net1_vs_net2.png").exists()
     n_conv = 1 + 3 * 3 - 1                                           # stem + 3 blocks x (2 convs + shortcut) - 1
     assert len(m["cka_layers"]["grown_vs_net1"]) == n_conv
-    assert len((out / "log.jsonl").read_text().splitlines()) == 4
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and log[-1]["phase"] == "grown" and log[-1]["lr"] <= 0.001
 
 
 @pytest.mark.parametrize("argv, msg", [
