@@ -98,10 +98,7 @@ def imp(model: nn.Module, data, cfg: IMPConfig, filter_fn: rp.FilterFn | None = 
     for r in range(1, cfg.rounds + 1):
         target = imp_sparsity(cfg.rate, r)
         masks = select(scores, _round_pattern(cfg.pattern, cfg.rate, r), target, cfg.scope, prev)
-        if prev is None:
-            mk.apply_masks(work, masks)
-        else:
-            mk.apply_masks(work, masks)
+        mk.apply_masks(work, masks)
         if cfg.rewind == "pretrained":
             # rewind everything (BN statistics included) to theta_pre, then re-mask
             _load_plain_state(work, pre_state)
