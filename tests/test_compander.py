@@ -243,7 +243,7 @@ def test_fixed_wc_groups_do_not_decay_v():
     apply(model, CompanderConfig())
     groups = {g["name"]: g for g in param_groups(model, 5e-4, CompanderConfig())}
     assert groups["compander_v"]["weight_decay"] == 0.0
-    assert groups["rest"]["weight_decay"] == 5e-4  # BN keeps the baseline's decay
+    assert groups["rest_no_decay"]["weight_decay"] == 0.0  # BN keeps the baseline's rule (no decay on 1-d)
     assert "compander_ab" not in groups
     v_groups = {g["name"]: g for g in param_groups(model, 5e-4, CompanderConfig(weight_decay="v"))}
     assert v_groups["compander_v"]["weight_decay"] == 5e-4

@@ -244,17 +244,25 @@ def learned_scales(model: nn.Module) -> dict[str, tuple[float, float]]:
 
 
 def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig) -> list[dict]:
-    """Optimizer groups: v decayed only in mode "v"; a, b never; everything else as the baseline."""
+    """Optimizer groups: v decayed only in mode "v"; a, b never; everything else as the baseline.
+
+    The rest follows the shared trainer's baseline rule (reparam.train default_param_groups): decay on
+    tensors with ndim > 1 (weights of layers left plain), none on 1-d tensors (biases, BatchNorm).
+    """
     v = latent_parameters(model)
     ab = scale_parameters(model)
     special = {id(p) for p in v + ab}
-    rest = [p for p in model.parameters() if id(p) not in special]
+    rest = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
     groups = [{"params": v, "weight_decay": weight_decay if config.decay_mode == "v" else 0.0,
                "name": "compander_v"}]
     if ab:
         groups.append({"params": ab, "weight_decay": 0.0, "name": "compander_ab"})
-    if rest:
-        groups.append({"params": rest, "weight_decay": weight_decay, "name": "rest"})
+    decay = [p for p in rest if p.ndim > 1]
+    no_decay = [p for p in rest if p.ndim <= 1]
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "name": "rest"})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "rest_no_decay"})
     return groups
 
 
