@@ -31,8 +31,9 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
         t = tensors[name].detach().contiguous().cpu()
         crc = zlib.crc32(name.encode(), crc)
         if t.numel():
-            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
-                             else t.to(torch.uint8).numpy().tobytes(), crc)
+            flat = t.reshape(-1)  # 0-d tensors cannot be viewed as bytes
+            crc = zlib.crc32(flat.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
+                             else flat.to(torch.uint8).numpy().tobytes(), crc)
     return crc
 
 

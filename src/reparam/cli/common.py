@@ -1,0 +1,202 @@
+"""What every training command shares: arguments, data+model preparation, the run, the report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reparam.core.errors import ReparamError
+from reparam.core.fileformat import save_model
+from reparam.core.outdir import output_dir, write_json
+from reparam.core.runtime import default_threads, seed_everything, set_threads
+from reparam.train import Callback, TrainConfig, Trainer
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; a positive integer is allowed") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be a positive integer")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be > 0")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: $REPARAM_THREADS or 1)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_data_args(p: argparse.ArgumentParser, data: str = "digits") -> None:
+    p.add_argument("--data", default=data, help=f"dataset name (default {data}); see docs for the list")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument("--train-subset", type=float, default=None,
+                   help="keep this many training examples (or this fraction if < 1), stratified")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train held out for validation")
+
+
+def add_train_args(p: argparse.ArgumentParser, *, model: str = "cnn", data: str = "digits", epochs: int = 20,
+                   lr: float = 0.05, optimizer: str = "sgd", weight_decay: float = 5e-4,
+                   batch_size: int = 128, out_required: bool = True) -> None:
+    add_data_args(p, data)
+    p.add_argument("--model", default=model, help=f"model name (default {model})")
+    p.add_argument("--epochs", type=positive_int, default=epochs)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--lr", type=positive_float, default=lr)
+    p.add_argument("--optimizer", default=optimizer, choices=["sgd", "adam", "adamw"])
+    p.add_argument("--schedule", default="cosine", choices=["constant", "step", "multistep", "cosine"])
+    p.add_argument("--milestones", type=int_list, default=[], help="epochs for the multistep schedule")
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--warmup", type=float, default=0.0, help="linear warmup epochs")
+    p.add_argument("--augment", default=None, help="batch augmentation, e.g. crop4+flip, shift1 (default none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=out_required, help="output folder (written as OUT.partial, then renamed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.partial's last completed epoch")
+    add_runtime_args(p)
+
+
+def setup_runtime(args: argparse.Namespace) -> None:
+    set_threads(args.threads if getattr(args, "threads", None) else default_threads())
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                      milestones=tuple(args.milestones), warmup_epochs=args.warmup, seed=args.seed,
+                      augment=args.augment, progress=not getattr(args, "no_progress", False))
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg.validate()
+
+
+def load_splits(args: argparse.Namespace, **options: Any):
+    from reparam.data import load_dataset
+
+    subset = args.train_subset
+    if subset is not None:
+        if subset <= 0:
+            raise ReparamError(f"--train-subset {subset} is not allowed; use a count >= 1 or a fraction in (0, 1)")
+        subset = int(subset) if subset >= 1 else subset
+    if not 0 < args.val_fraction < 1:
+        raise ReparamError(f"--val-fraction {args.val_fraction} is not allowed; must be in (0, 1)")
+    return load_dataset(args.data, seed=args.seed, root=args.data_root, val_fraction=args.val_fraction,
+                        train_subset=subset, **options)
+
+
+def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
+    """Everything needed to rebuild the architecture with build_from_spec (stored in file headers)."""
+    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
+            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
+            "options": options}
+
+
+def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    from reparam.models import build_model
+
+    return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                       image_size=tuple(spec["image_size"]), mean=spec.get("mean"), std=spec.get("std"),
+                       **spec.get("options", {}))
+
+
+def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = None):
+    """Runtime settings, data and a freshly initialised model (seeded). Validates before anything is written."""
+    setup_runtime(args)
+    splits = load_splits(args)
+    seed_everything(args.seed)
+    spec = model_spec(args.model, splits, **(model_options or {}))
+    model = build_from_spec(spec)
+    args._model_spec = spec
+    return splits, model
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+
+
+def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.Module, splits,
+                     callbacks: list[Callback] | tuple = (), params_stored: int | None = None,
+                     bytes_stored: int | None = None, extra: dict[str, Any] | None = None,
+                     param_groups: list[dict] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                     config: TrainConfig | None = None,
+                     finalize: Callable[[torch.nn.Module, Path], dict[str, Any]] | None = None,
+                     save_model_file: bool = True) -> dict[str, Any]:
+    """Train in OUT.partial, write metrics.json/log.jsonl/curves.png (+ model), rename to OUT, print a table.
+
+    `finalize(model, work_dir)` runs after training (best model restored) and may write method files and
+    return extra metrics (e.g. the decomposed model's accuracy).
+    """
+    from reparam.metrics import count_params
+    from reparam.metrics.plots import training_curves
+
+    config = config or config_from_args(args)
+    spec = getattr(args, "_model_spec", {"name": args.model})
+    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+        trainer = Trainer(model, splits, config, callbacks=callbacks, out_dir=work, param_groups=param_groups,
+                          optimizer=optimizer)
+        t0 = time.perf_counter()
+        result = trainer.fit(resume=args.resume)
+        params_total = count_params(model)
+        metrics: dict[str, Any] = {
+            "method": method, "model": args.model, "dataset": args.data, "seed": args.seed,
+            "test_acc": result.test_acc, "val_acc": result.val_acc, "best_epoch": result.best_epoch,
+            "params_total": params_total,
+            "params_stored": params_stored if params_stored is not None else params_total,
+            "bytes_stored": bytes_stored if bytes_stored is not None else 4 * params_total,
+            "train_seconds": result.train_seconds, "epochs": result.epochs,
+            "threads": torch.get_num_threads(), "config": config.to_dict(),
+        }
+        metrics.update(extra or {})
+        if finalize is not None:
+            metrics.update(finalize(model, work) or {})
+        if save_model_file:
+            save_model(work / "model.safetensors", model, {"model_spec": spec, "method": method})
+        (work / "checkpoint.safetensors").unlink(missing_ok=True)
+        training_curves(result.history, work / "curves.png", title=f"{method} {args.model} on {args.data}")
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        write_json(work / "metrics.json", metrics)
+    print_table(f"{method}: {args.model} on {args.data} (seed {args.seed})",
+                [("test accuracy", metrics["test_acc"]), ("val accuracy", metrics["val_acc"]),
+                 ("parameters (dense)", metrics["params_total"]), ("numbers stored", metrics["params_stored"]),
+                 ("bytes stored", metrics["bytes_stored"]), ("train seconds", f"{metrics['train_seconds']:.1f}"),
+                 ("epochs", metrics["epochs"]), ("output", str(args.out))])
+    return metrics

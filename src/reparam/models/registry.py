@@ -1,0 +1,142 @@
+"""The model registry: names -> builders, and `build_model`.
+
+A builder is a function `builder(*, num_classes, in_channels, image_size, mean, std, **its options)`; its
+keyword parameters beyond those five are the model's options, so unknown options can be reported by name
+before anything is built. Families with a parameter in the name (`wrn-D-K`) register a pattern whose
+builder gets the regex match as its first argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from reparam.core.errors import ReparamError, choose
+from reparam.models.base import image_hw, opt_int
+
+Builder = Callable[..., nn.Module]
+
+#: name -> builder. Pattern families (wrn-D-K) list their common members here too, for help texts.
+MODELS: dict[str, Builder] = {}
+#: (compiled full-match regex, builder(match, **kwargs)) for names with parameters in them.
+MODEL_PATTERNS: list[tuple[re.Pattern[str], Builder]] = []
+
+_COMMON = ("num_classes", "in_channels", "image_size", "mean", "std")
+
+
+def register_model(name: str, builder: Builder | None = None):
+    """Register `builder` under `name`; usable as `@register_model("name")` or a plain call."""
+
+    def add(fn: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = fn
+        return fn
+
+    return add(builder) if builder is not None else add
+
+
+def register_model_pattern(pattern: str, builder: Builder, examples: Sequence[str] = ()) -> Builder:
+    """Register a family of names matching `pattern`; `examples` are also listed in MODELS."""
+    regex = re.compile(pattern)
+    MODEL_PATTERNS.append((regex, builder))
+    for example in examples:
+        match = regex.fullmatch(example)
+        assert match is not None, example
+
+        def bound(*, _match=match, **kwargs):
+            return builder(_match, **kwargs)
+
+        bound.__signature__ = _options_signature(builder)  # type: ignore[attr-defined]
+        register_model(example, bound)
+    return builder
+
+
+def _options_signature(builder: Builder) -> inspect.Signature:
+    params = list(inspect.signature(builder).parameters.values())
+    if params and params[0].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        params = params[1:]  # the regex match
+    return inspect.Signature(params)
+
+
+def model_options(name: str) -> dict[str, object]:
+    """The options of model `name` and their defaults (for help texts and error messages)."""
+    builder, match = _resolve(name)
+    sig = _options_signature(builder) if match is not None else inspect.signature(builder)
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.name not in _COMMON and p.kind == inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _resolve(name: str) -> tuple[Builder, re.Match[str] | None]:
+    if not isinstance(name, str):
+        raise ReparamError(f"model name must be a string, got {name!r}")
+    if name in MODELS:
+        return MODELS[name], None
+    for regex, builder in MODEL_PATTERNS:
+        match = regex.fullmatch(name)
+        if match is not None:
+            return builder, match
+    return choose(name, MODELS, "model"), None  # raises the "unknown model" error
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options,
+) -> nn.Module:
+    """Build model `name` for inputs [N, in_channels, H, W] in [0, 1] and `num_classes` outputs.
+
+    mean/std (per channel, from the dataset) go into the model's Normalize layer. Options are checked
+    against the builder: an unknown or invalid one raises ReparamError naming it. The returned module has
+    `build_args` (everything needed to build it again, e.g. from a checkpoint's JSON header).
+    """
+    builder, match = _resolve(name)
+    sig = _options_signature(builder) if match is not None else inspect.signature(builder)
+    params = sig.parameters
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        allowed = [p for p in params if p not in _COMMON]
+        for key in options:
+            if key not in allowed:
+                raise ReparamError(
+                    f"unknown option {key!r} for model {name!r}; allowed: {', '.join(allowed) or '(none)'}"
+                )
+    num_classes = opt_int("num_classes", num_classes, minimum=1)
+    in_channels = opt_int("in_channels", in_channels, minimum=1)
+    hw = image_hw(image_size)
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=hw, mean=mean, std=std)
+    model = builder(match, **kwargs, **options) if match is not None else builder(**kwargs, **options)
+    model.build_args = {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": list(hw),
+        "mean": _as_list(mean),
+        "std": _as_list(std),
+        "options": dict(options),
+    }
+    return model
+
+
+def _as_list(value) -> list[float] | None:
+    """mean/std as a JSON-friendly list (Normalize has already validated them)."""
+    if value is None:
+        return None
+    if hasattr(value, "flatten"):
+        value = value.flatten().tolist()
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    return [float(v) for v in value]

@@ -1,0 +1,55 @@
+"""Training settings, shared by every method and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from reparam.core.errors import ReparamError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    step_size: int = 30            # epochs, for "step"
+    milestones: tuple[int, ...] = field(default_factory=tuple)  # epochs, for "multistep"
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    augment: str | None = None     # e.g. "crop4+flip"; see reparam.data.make_augment
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 512
+    select_on: str = "val"         # model selection split: "val" or "last" (never test)
+    progress: bool = True
+    checkpoint: bool = True        # write OUT/checkpoint.* after every epoch when out_dir is set
+
+    def validate(self) -> TrainConfig:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ReparamError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.batch_size < 1:
+            raise ReparamError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ReparamError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ReparamError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise ReparamError(f"learning rate must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ReparamError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) and self.warmup_epochs:
+            raise ReparamError(f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.select_on not in ("val", "last"):
+            raise ReparamError(f"select_on must be 'val' or 'last', got {self.select_on!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,24 @@
+import torch
+import torch.nn as nn
+
+from reparam.metrics import bytes_of, count_flops, count_params, latency, peak_rss_mb
+from reparam.metrics.plots import line_plot
+
+
+def test_flops_of_linear_and_conv():
+    assert count_flops(nn.Linear(10, 7), (3, 10)) == 2 * 3 * 10 * 7
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    assert count_flops(conv, (1, 2, 5, 5)) == 2 * 4 * 2 * 9 * 25
+
+
+def test_counts():
+    m = nn.Linear(10, 7)
+    assert count_params(m) == 77
+    assert bytes_of(m.parameters()) == 308 and bytes_of(77, bits=16) == 154
+
+
+def test_latency_and_memory(tmp_path):
+    assert latency(nn.Linear(4, 4), torch.zeros(1, 4), repeats=3, warmup=1) > 0
+    assert peak_rss_mb() > 10
+    p = line_plot({"a": ([1, 2], [3, 4])}, tmp_path / "p.png", "x", "y")
+    assert p.stat().st_size > 1000
