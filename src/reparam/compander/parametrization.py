@@ -240,7 +240,7 @@ def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def learned_scales(model: nn.Module) -> dict[str, tuple[float, float]]:
     """{layer: (a, b)} as currently used (after the positivity map)."""
-    return {name: tuple(float(t) for t in c.scale.values()) for name, _, c in compander_layers(model)}
+    return {name: tuple(float(t.detach()) for t in c.scale.values()) for name, _, c in compander_layers(model)}
 
 
 def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig) -> list[dict]:
