@@ -165,3 +165,19 @@ def test_cli_compare_pairs_seeds(tmp_path, capsys):
     assert set(res["summary"]["paired"]) == {"wc - plain", "wc-fine - plain"}
     assert res["summary"]["paired"]["wc - plain"]["n"] == 2
     assert (out / "summary.md").exists() and (out / "percentiles_wc.png").exists()
+
+
+def test_reproduce_section_smoke(tmp_path, monkeypatch):
+    from reparam.compander import reproduce
+    from reparam.compander.experiments import DataSpec
+    from reparam.core.claims import ReproduceContext
+
+    monkeypatch.setitem(reproduce.EPOCHS, "quick", 1)
+    monkeypatch.setattr(reproduce, "SPEC", DataSpec(data="synthetic", model="mlp"))
+    rep = reproduce.run(ReproduceContext(out_dir=tmp_path, quick=True, seeds=2, work_dir=tmp_path / "cache"))
+    ids = {c.claim_id: c for c in rep.claims}
+    assert ids["wc-exact-init-and-gradient"].verdict == "holds"
+    assert ids["wc-bounded-weights"].verdict == "holds"
+    assert ids["wc-zero-inference-overhead"].verdict == "holds"
+    assert all(c.verdict in ("holds", "does not hold", "inconclusive") for c in rep.claims)
+    assert (tmp_path / "compander_percentiles.png").exists()
