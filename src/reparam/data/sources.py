@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,13 +15,27 @@ from reparam.core.errors import ReparamError
 from reparam.data.base import RawDataset
 
 
-def load_digits_raw(root: str | os.PathLike | None = None) -> RawDataset:
-    """scikit-learn's bundled 8x8 digits (1,797 images, pixel values 0..16 scaled to [0, 1])."""
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no file, no download
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # `import sklearn.datasets` costs ~2 s (scipy) in every process; the data is one small CSV inside the
+    # scikit-learn package (the file load_digits itself reads), so read it directly when it is there.
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+            if table.shape == (1797, 65):
+                return table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no file to fetch, no download
 
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return RawDataset(x=x, y=bunch.target.astype(np.int64), class_names=[str(i) for i in range(10)])
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def load_digits_raw(root: str | os.PathLike | None = None) -> RawDataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, pixel values 0..16 scaled to [0, 1])."""
+    images, target = _digits_arrays()
+    return RawDataset(x=(images / 16.0)[:, None], y=target.copy(), class_names=[str(i) for i in range(10)])
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> int:
