@@ -13,6 +13,7 @@ import torch
 from reparam.cli.common import (
     add_data_args,
     add_runtime_args,
+    build_from_spec,
     add_train_args,
     config_from_args,
     positive_float,
@@ -114,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(p)
     _add_protocol_defaults(p)
     _add_wc_args(p)
+    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn, mlp, ...)")
     p.set_defaults(func=run_train)
 
     c = cmds.add_parser("compare", help="variants x seeds: mean, std and paired differences",
@@ -184,13 +186,13 @@ def _check_data(spec: DataSpec) -> None:
 def run_train(args: argparse.Namespace) -> int:
     variant = parse_variant(variant_from_args(args))
     config = _config(args)
-    splits, model = prepare(args)
+    splits, model = prepare(args, {"width": args.width} if args.width is not None else None)
     names = [n.strip() for n in args.exclude.split(",") if n.strip()]
     filter_fn = exclude(*names) if names else None
     setup = setup_variant(model, variant, config, filter_fn=filter_fn, check_every_step=True)
     from reparam.metrics import count_flops, count_params
 
-    plain_ref = _fresh_plain(args)
+    plain_ref = build_from_spec(model.build_args)
     x_test = splits.test.tensors[0][:256]
 
     def finalize(model: torch.nn.Module, work: Path) -> dict[str, Any]:
@@ -229,12 +231,6 @@ def trainer_history(work: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _fresh_plain(args: argparse.Namespace) -> torch.nn.Module:
-    from reparam.cli.common import build_from_spec
-
-    return build_from_spec(args._model_spec)
 
 
 # -- compare ---------------------------------------------------------------------------------------------
