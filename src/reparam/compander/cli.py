@@ -13,8 +13,8 @@ import torch
 from reparam.cli.common import (
     add_data_args,
     add_runtime_args,
-    build_from_spec,
     add_train_args,
+    build_from_spec,
     config_from_args,
     positive_float,
     positive_int,
