@@ -155,6 +155,7 @@ def _add_multi_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--augment", default=PROTOCOL["augment"])
     p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn)")
+    p.add_argument("--resize", type=positive_int, default=None, help="resize images to NxN (bilinear)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="reuse runs cached in OUT.partial/runs")
@@ -171,7 +172,7 @@ def _spec(args: argparse.Namespace) -> DataSpec:
     if args.width is not None:
         opts["width"] = args.width
     return DataSpec(data=args.data, model=args.model, data_root=args.data_root, train_subset=subset,
-                    val_fraction=args.val_fraction, model_options=opts)
+                    val_fraction=args.val_fraction, resize=args.resize, model_options=opts)
 
 
 def _check_data(spec: DataSpec) -> None:

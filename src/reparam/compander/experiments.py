@@ -31,19 +31,23 @@ class DataSpec:
     data_root: str | None = None
     train_subset: int | float | None = None
     val_fraction: float = 0.1
+    resize: int | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         sub = f", train_subset={self.train_subset}" if self.train_subset else ""
-        return f"{self.model} on {self.data}{sub}"
+        size = f", resized to {self.resize}x{self.resize}" if self.resize else ""
+        opts = "".join(f", {k}={v}" for k, v in self.model_options.items())
+        return f"{self.model}{opts} on {self.data}{sub}{size}"
 
 
 def load(spec: DataSpec, seed: int):
     from reparam.data import load_dataset
     from reparam.models import build_model
 
+    extra = {"resize": spec.resize} if spec.resize else {}
     splits = load_dataset(spec.data, seed=seed, root=spec.data_root, val_fraction=spec.val_fraction,
-                          train_subset=spec.train_subset)
+                          train_subset=spec.train_subset, **extra)
     seed_everything(seed)
     model = build_model(spec.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=splits.image_size, mean=splits.mean, std=splits.std, **spec.model_options)
