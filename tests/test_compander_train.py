@@ -181,3 +181,15 @@ def test_reproduce_section_smoke(tmp_path, monkeypatch):
     assert ids["wc-zero-inference-overhead"].verdict == "holds"
     assert all(c.verdict in ("holds", "does not hold", "inconclusive") for c in rep.claims)
     assert (tmp_path / "compander_percentiles.png").exists()
+
+
+def test_alias_options_and_ab_learning_rate_group():
+    v = parse_variant("wc-fine:positivity=softplus:ablr=0.1")
+    assert v.options == {"learnable": "fine", "a": 0.5, "b": 1.0, "positivity": "softplus", "ablr": 0.1}
+    model = small_model()
+    wc = CompanderConfig(a=0.5, b=1.0, learnable="fine", ab_lr_scale=0.1)
+    apply(model, wc)
+    groups = {g["name"]: g for g in param_groups(model, 5e-4, wc, lr=0.2)}
+    assert groups["compander_ab"]["lr"] == pytest.approx(0.02) and "lr" not in groups["compander_v"]
+    with pytest.raises(ReparamError):
+        param_groups(model, 5e-4, wc)

@@ -46,6 +46,9 @@ class CompanderConfig:
         "softplus": a = softplus(raw) + min_scale (smooth, but rescales the gradient by sigmoid(raw)).
     on_out_of_bound: "error" (default) when an initial |w0| >= bound (eq. 4 undefined), or "clamp" to
         (1 - clamp_margin) * bound with a warning.
+    ab_lr_scale: learning rate of learnable a, b relative to the base lr (default 1.0: the same lr as every
+        other parameter, as the paper implies; a and b each collect the gradient of a whole layer, so smaller
+        values can stabilise small-data training).
     weight_decay: how weight decay reaches the compandered layers. "auto": on Psi(v) for fixed WC and on
         v for learnable WC (the paper's choices); "psi", "v" or "none" force one (ablations). a and b are
         never decayed; BN and biases keep the baseline's decay.
@@ -60,6 +63,7 @@ class CompanderConfig:
     on_out_of_bound: str = "error"
     clamp_margin: float = 1e-3
     weight_decay: str = "auto"
+    ab_lr_scale: float = 1.0
 
     def validate(self) -> CompanderConfig:
         get_function(self.fn)
@@ -73,6 +77,8 @@ class CompanderConfig:
         for name, value in (("a", self.a), ("b", self.b)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ReparamError(f"compander {name} must be a positive finite number, got {value!r}")
+        if not (math.isfinite(self.ab_lr_scale) and self.ab_lr_scale > 0):
+            raise ReparamError(f"ab_lr_scale must be a positive number, got {self.ab_lr_scale!r}")
         if not 0 < self.clamp_margin < 1:
             raise ReparamError(f"clamp_margin must be in (0, 1), got {self.clamp_margin}")
         return self
@@ -243,7 +249,8 @@ def learned_scales(model: nn.Module) -> dict[str, tuple[float, float]]:
     return {name: tuple(float(t.detach()) for t in c.scale.values()) for name, _, c in compander_layers(model)}
 
 
-def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig,
+                 lr: float | None = None) -> list[dict]:
     """Optimizer groups: v decayed only in mode "v"; a, b never; everything else as the baseline.
 
     The rest follows the shared trainer's baseline rule (reparam.train default_param_groups): decay on
@@ -257,6 +264,10 @@ def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig)
                "name": "compander_v"}]
     if ab:
         groups.append({"params": ab, "weight_decay": 0.0, "name": "compander_ab"})
+        if config.ab_lr_scale != 1.0:
+            if lr is None:
+                raise ReparamError("param_groups needs the base lr when ab_lr_scale != 1")
+            groups[-1]["lr"] = lr * config.ab_lr_scale
     decay = [p for p in rest if p.ndim > 1]
     no_decay = [p for p in rest if p.ndim <= 1]
     if decay:

@@ -1,7 +1,7 @@
 """Variants compared in one harness: plain, Weight Compander (fixed/learnable, arctan/asinh/erf), WN, PP.
 
 A variant is written `name[:key=value[:key=value...]]`, e.g. `wc:a=0.8:b=0.5`, `wc:learnable=fine`,
-`wc:fn=asinh`, `wc:decay=v`, `wc:opt=madam:lr=0.003`, `pp:alpha=2`, `wn`, `plain:opt=adam:lr=0.001`.
+`wc:fn=asinh`, `wc:decay=v`, `wc-fine:ablr=0.01` (a, b at 1% of the lr), `wc:opt=madam:lr=0.003`, `pp:alpha=2`, `wn`, `plain:opt=adam:lr=0.001`.
 Short aliases: wc-fine, wc-coarse, wc-asinh, wc-erf, wc-decay-v, wc-adam, wc-madam.
 """
 
@@ -38,7 +38,7 @@ KEYS = {
     "wn": {},
     "pp": {"alpha": float},
     "wc": {"a": float, "b": float, "fn": str, "learnable": str, "positivity": str, "decay": str,
-           "clamp": int},
+           "clamp": int, "ablr": float},
 }
 OPTIMIZERS = ("sgd", "adam", "madam")
 
@@ -57,8 +57,9 @@ class Variant:
 def parse_variant(text: str) -> Variant:
     """Parse `name[:k=v...]` (or an alias) into a Variant; errors name the bad part and what is allowed."""
     original = text.strip()
-    expanded = ALIASES.get(original, original)
-    head, *parts = expanded.split(":")
+    first, *rest = original.split(":")
+    head, *parts = ALIASES.get(first, first).split(":")
+    parts += rest  # options after an alias extend or override it (wc-fine:ablr=0.1)
     if head not in KINDS:
         raise ReparamError(f"unknown variant {original!r}; allowed: {', '.join(KINDS)} or aliases "
                            f"{', '.join(ALIASES)}, with options like wc:a=0.8:b=0.5")
@@ -86,7 +87,7 @@ def compander_config(variant: Variant, a: float = 0.8, b: float = 0.5) -> Compan
     o = variant.options
     return CompanderConfig(a=o.get("a", a), b=o.get("b", b), fn=o.get("fn", "arctan"),
                            learnable=o.get("learnable"), positivity=o.get("positivity", "abs"),
-                           weight_decay=o.get("decay", "auto"),
+                           weight_decay=o.get("decay", "auto"), ab_lr_scale=o.get("ablr", 1.0),
                            on_out_of_bound="clamp" if o.get("clamp") else "error").validate()
 
 
@@ -127,7 +128,7 @@ def setup_variant(model: nn.Module, variant: Variant, config: TrainConfig, filte
         wc = compander_config(variant, a, b)
         info.update(layers=apply(model, wc, filter_fn), a=wc.a, b=wc.b, fn=wc.fn, learnable=wc.learnable,
                     decay=wc.decay_mode, positivity=wc.positivity)
-        groups = param_groups(model, cfg.weight_decay, wc)
+        groups = param_groups(model, cfg.weight_decay, wc, lr=cfg.lr)
         if wc.decay_mode == "psi":
             callbacks.insert(0, PsiDecay(cfg.weight_decay))
         if opt == "madam":
