@@ -1,7 +1,8 @@
 """Variants compared in one harness: plain, Weight Compander (fixed/learnable, arctan/asinh/erf), WN, PP.
 
 A variant is written `name[:key=value[:key=value...]]`, e.g. `wc:a=0.8:b=0.5`, `wc:learnable=fine`,
-`wc:fn=asinh`, `wc:decay=v`, `wc-fine:ablr=0.01` (a, b at 1% of the lr), `wc:opt=madam:lr=0.003`, `pp:alpha=2`, `wn`, `plain:opt=adam:lr=0.001`.
+`wc:fn=asinh`, `wc:decay=v`,
+`wc-fine:ablr=0.01` (a, b at 1% of the lr), `wc:opt=madam:lr=0.003`, `pp:alpha=2`, `wn`, `plain:opt=adam:lr=0.001`.
 Short aliases: wc-fine, wc-coarse, wc-asinh, wc-erf, wc-decay-v, wc-adam, wc-madam.
 """
 
