@@ -137,6 +137,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
     g.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 averaged (paper: 1)")
     g.set_defaults(func=run_grid)
+    r = cmds.add_parser("summarize", help="print the tables of a finished compare folder again",
+                        description="Re-read OUT/results.json of `compare` and print its markdown tables.")
+    r.add_argument("folder")
+    r.set_defaults(func=run_summarize)
     top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
 
 
@@ -341,4 +345,13 @@ def run_grid(args: argparse.Namespace) -> int:
                                                       "ties": [list(t) for t in sel["ties"]]},
                                         "runs": results})
     print(md)
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    path = Path(args.folder) / "results.json"
+    if not path.is_file():
+        raise ReparamError(f"{path} not found; give a folder written by `reparam compander compare`")
+    data = json.loads(path.read_text())
+    print(markdown_tables(summarize(data["runs"], data["variants"]), title=data["setting"]))
     return 0

@@ -178,8 +178,10 @@ def summarize(results: list[dict], variants: Sequence[str]) -> dict[str, Any]:
     refs = [v for v in variants if parse_variant(v).kind in REFERENCE_KINDS]
     diffs = {}
     for v in variants:
+        is_ref = v in refs
         for ref in refs:
-            if ref == v:
+            # compander variants against every baseline; baselines only against plain
+            if ref == v or (is_ref and parse_variant(ref).kind != "plain"):
                 continue
             common = sorted(set(groups.get(v, {})) & set(groups.get(ref, {})))
             if not common:
