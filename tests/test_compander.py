@@ -251,13 +251,19 @@ def test_fixed_wc_groups_do_not_decay_v():
 
 def test_learnable_b_stays_positive():
     model = tiny_cnn()
-    apply(model, CompanderConfig(a=0.5, b=1.0, learnable="fine"))
+    apply(model, CompanderConfig(a=0.5, b=1.0, learnable="fine", positivity="abs"))
     _, _, comp = compander_layers(model)[0]
     with torch.no_grad():
         comp.scale.b.fill_(-0.3)
         comp.scale.a.fill_(0.0)
     a, b = comp.scale.values()
     assert float(b) == pytest.approx(0.3) and float(a) == pytest.approx(1e-3)
+    soft = tiny_cnn()
+    apply(soft, CompanderConfig(a=0.5, b=1.0, learnable="fine"))  # default softplus
+    _, _, comp = compander_layers(soft)[0]
+    with torch.no_grad():
+        comp.scale.b.fill_(-50.0)
+    assert 0 < float(comp.scale.values()[1]) < 2e-3
 
 
 def test_out_of_bound_init_errors_or_clamps():

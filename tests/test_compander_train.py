@@ -186,6 +186,10 @@ def test_reproduce_section_smoke(tmp_path, monkeypatch):
 def test_alias_options_and_ab_learning_rate_group():
     v = parse_variant("wc-fine:positivity=softplus:ablr=0.1")
     assert v.options == {"learnable": "fine", "a": 0.5, "b": 1.0, "positivity": "softplus", "ablr": 0.1}
+    from reparam.compander.variants import compander_config
+
+    assert compander_config(parse_variant("wc-fine")).positivity == "softplus"
+    assert compander_config(parse_variant("wc-fine:positivity=abs")).positivity == "abs"
     model = small_model()
     wc = CompanderConfig(a=0.5, b=1.0, learnable="fine", ab_lr_scale=0.1)
     apply(model, wc)

@@ -57,8 +57,8 @@ def _add_wc_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
     g.add_argument("--learnable", default=None, choices=["fine", "coarse"],
                    help="learn (a, b) per layer (fine) or one shared pair (coarse)")
-    g.add_argument("--positivity", default="abs", choices=["abs", "softplus"],
-                   help="how learnable a, b stay positive (default abs: |x| clamped at 1e-3)")
+    g.add_argument("--positivity", default="softplus", choices=["abs", "softplus"],
+                   help="how learnable a, b stay positive (default softplus(x)+1e-3; abs: |x| clamped at 1e-3)")
     g.add_argument("--decay", default="auto", choices=["auto", "psi", "v", "none"],
                    help="weight decay on Psi(v) (fixed default) or on v (learnable default)")
     g.add_argument("--modified-adam", action="store_true",
@@ -92,7 +92,7 @@ def variant_from_args(args: argparse.Namespace) -> str:
         parts.append(f"fn={args.fn}")
     if learn:
         parts.append(f"learnable={learn}")
-    if args.positivity != "abs":
+    if args.positivity != "softplus":
         parts.append(f"positivity={args.positivity}")
     if args.decay != "auto":
         parts.append(f"decay={args.decay}")

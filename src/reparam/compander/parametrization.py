@@ -41,9 +41,11 @@ class CompanderConfig:
     learnable: None (fixed a, b stored as buffers, one pair for the whole model, the paper's main method),
         "fine" (one learnable (a, b) per layer, the paper's learnable WC) or "coarse" (one learnable pair
         shared by all layers).
-    positivity: how learnable a, b stay positive. "abs" (default): the stored value is used as |x| clamped
-        below at `min_scale`, so while it is positive the gradient is exactly the paper's dL/da, dL/db;
-        "softplus": a = softplus(raw) + min_scale (smooth, but rescales the gradient by sigmoid(raw)).
+    positivity: how learnable a, b stay positive. "softplus" (default): a = softplus(raw) + min_scale (smooth;
+        rescales their gradient by sigmoid(raw), which damps the scalar's steps); "abs": the stored value is
+        used as |x| clamped below at `min_scale`, so while positive the gradient is exactly the paper's
+        dL/da, dL/db. With SGD lr 0.1 "abs" let the last layer's b jump to 10-27 and training collapse on
+        several digits seeds (docs/results/weight_compander.md §6), hence the softplus default.
     on_out_of_bound: "error" (default) when an initial |w0| >= bound (eq. 4 undefined), or "clamp" to
         (1 - clamp_margin) * bound with a warning.
     ab_lr_scale: learning rate of learnable a, b relative to the base lr (default 1.0: the same lr as every
@@ -58,7 +60,7 @@ class CompanderConfig:
     b: float = 0.5
     fn: str = "arctan"
     learnable: str | None = None
-    positivity: str = "abs"
+    positivity: str = "softplus"
     min_scale: float = 1e-3
     on_out_of_bound: str = "error"
     clamp_margin: float = 1e-3

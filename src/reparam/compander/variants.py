@@ -87,7 +87,7 @@ def parse_variant(text: str) -> Variant:
 def compander_config(variant: Variant, a: float = 0.8, b: float = 0.5) -> CompanderConfig:
     o = variant.options
     return CompanderConfig(a=o.get("a", a), b=o.get("b", b), fn=o.get("fn", "arctan"),
-                           learnable=o.get("learnable"), positivity=o.get("positivity", "abs"),
+                           learnable=o.get("learnable"), positivity=o.get("positivity", "softplus"),
                            weight_decay=o.get("decay", "auto"), ab_lr_scale=o.get("ablr", 1.0),
                            on_out_of_bound="clamp" if o.get("clamp") else "error").validate()
 
