@@ -181,7 +181,8 @@ def summarize(results: list[dict], variants: Sequence[str]) -> dict[str, Any]:
         is_ref = v in refs
         for ref in refs:
             # compander variants against every baseline; baselines only against plain
-            if ref == v or (is_ref and parse_variant(ref).kind != "plain"):
+            if ref == v or (is_ref and (parse_variant(ref).kind != "plain"
+                                        or variants.index(ref) > variants.index(v))):
                 continue
             common = sorted(set(groups.get(v, {})) & set(groups.get(ref, {})))
             if not common:
