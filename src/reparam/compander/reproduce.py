@@ -81,12 +81,15 @@ def _exactness(spec: DataSpec) -> dict:
 def run(ctx: ReproduceContext) -> MethodReport:
     t0 = time.perf_counter()
     quick = ctx.quick
-    seeds = list(range(ctx.seed, ctx.seed + (max(3, ctx.seeds) if quick else 5)))
-    epochs = EPOCHS["quick" if quick else "full"]
+    tiny = getattr(ctx, "tiny", False)  # smoke-test size: verdicts meaningless, code paths exercised
+    seeds = list(range(ctx.seed, ctx.seed + (2 if tiny else max(3, ctx.seeds) if quick else 5)))
+    epochs = 1 if tiny else EPOCHS["quick" if quick else "full"]
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.1, weight_decay=5e-4, schedule="multistep",
                       milestones=tuple(max(1, round(f * epochs)) for f in (0.3, 0.6, 0.8)), gamma=0.2,
                       augment="shift1", progress=False, checkpoint=False)
     spec = SPEC
+    if tiny and spec.train_subset is None and spec.data == "digits":
+        spec = DataSpec(data=spec.data, model=spec.model, train_subset=200, model_options=spec.model_options)
     setting = (f"digits 8x8, cnn width 0.5, {epochs} epochs SGD m=0.9 lr 0.1 x0.2 at 30/60/80%, batch 64, "
                f"wd 5e-4, shift1; seeds {seeds}")
     cmd = (f"reparam compander compare --width 0.5 --epochs {epochs} --seeds {len(seeds)} "
@@ -96,7 +99,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         for s in seeds:
             if v == "wc-fine" and s != seeds[0] and quick:
                 continue
-            key = f"{'q' if quick else 'f'}{epochs}-{v}-s{s}"
+            key = f"{'t' if tiny else 'q' if quick else 'f'}{epochs}-{v}-s{s}"
             runs[(v, s)] = _cached(ctx, key, lambda v=v, s=s: run_one(v, spec, cfg, s))
     ex = _cached(ctx, "exactness", lambda: _exactness(spec))
     claims: list[Claim] = []
