@@ -11,31 +11,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 
 import torch
-import torch.nn as nn
 
-from reparam.compander.variants import parse_variant, setup_variant
+from reparam.compander.overhead import step_overhead
 from reparam.data import load_dataset
 from reparam.metrics import count_flops, latency
 from reparam.models import build_model
-from reparam.train import TrainConfig, Trainer
-
-
-def step_time(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    model, opt = trainer.model, trainer.optimizer
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for cb in trainer.callbacks:
-            cb.after_backward(trainer)
-        opt.step()
-    return (time.perf_counter() - t0) / steps
 
 
 def main() -> None:
@@ -53,31 +35,19 @@ def main() -> None:
     torch.manual_seed(0)
     base = build_model(args.model, num_classes=10, in_channels=1, image_size=splits.image_size,
                        mean=splits.mean, std=splits.std, width=args.width)
-    x, y = splits.train.tensors[0][:args.batch_size], splits.train.tensors[1][:args.batch_size]
-    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.01, progress=False, checkpoint=False)
-    trainers = {}
-    for v in args.variants.split(","):
-        model = copy.deepcopy(base)
-        s = setup_variant(model, parse_variant(v), cfg)
-        trainers[v] = Trainer(model, splits, s.config, callbacks=s.callbacks, param_groups=s.param_groups,
-                              optimizer=s.optimizer)
-        step_time(trainers[v], x, y, 2)  # warm-up
-    times: dict[str, list[float]] = {v: [] for v in trainers}
-    for _ in range(args.rounds):
-        for v, tr in trainers.items():
-            times[v].append(step_time(tr, x, y, args.steps))
-    ref = next(iter(trainers))
+    res = step_overhead(base, splits, args.variants.split(","), rounds=args.rounds, steps=args.steps,
+                        batch_size=args.batch_size)
+    models = res.pop("_models")
+    ref = args.variants.split(",")[0]
     result = {"setting": f"{args.model} width {args.width}, digits batch {args.batch_size}, 1 thread, "
                          f"{args.rounds} interleaved rounds x {args.steps} steps", "variants": {}}
-    for v in trainers:
-        ratios = [t / r for t, r in zip(times[v], times[ref])]
-        result["variants"][v] = {"median_step_s": statistics.median(times[v]),
-                                 "median_ratio_vs_" + ref: statistics.median(ratios),
-                                 "ratios": ratios}
+    for v, r in res.items():
+        result["variants"][v] = {"median_step_s": r["median_step_s"], "median_ratio_vs_" + ref: r["median_ratio"],
+                                 "ratios": r["ratios"]}
     # inference: folded WC vs plain (same architecture, so the same FLOPs and ~the same latency)
     from reparam.compander import fold
 
-    wc = fold(copy.deepcopy(trainers["wc"].model)).eval() if "wc" in trainers else None
+    wc = fold(copy.deepcopy(models["wc"])).eval() if "wc" in models else None
     xb = splits.test.tensors[0][:256]
     plain = copy.deepcopy(base).eval()
     if wc is not None:
