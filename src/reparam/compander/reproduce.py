@@ -166,6 +166,8 @@ def run(ctx: ReproduceContext) -> MethodReport:
         measured_setting=setting, verdict=verdict,
         statistic="holds if WC's band is wider and its near-zero fraction smaller on every seed; does not hold "
                   "if neither on any seed; else inconclusive",
+        reason="note: Psi'(0) = a/b > 1 enlarges small weights' steps; in docs/results/weight_compander.md "
+               "§4.1 a plain net at (a/b)^2 x the learning rate spreads as much, but without the bound",
         details={"band_wc": band_wc, "band_plain": band_pl, "near0_wc": near_wc, "near0_plain": near_pl},
         plots=[plot], command=cmd))
 
