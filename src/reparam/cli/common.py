@@ -137,14 +137,8 @@ def load_splits(args: argparse.Namespace, **options: Any):
                         train_subset=subset, **options)
 
 
-def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
-    """Everything needed to rebuild the architecture with build_from_spec (stored in file headers)."""
-    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
-            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
-            "options": options}
-
-
 def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild an architecture from `model.build_args` (as stored in file headers)."""
     from reparam.models import build_model
 
     return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
@@ -157,9 +151,10 @@ def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = Non
     setup_runtime(args)
     splits = load_splits(args)
     seed_everything(args.seed)
-    spec = model_spec(args.model, splits, **(model_options or {}))
-    model = build_from_spec(spec)
-    args._model_spec = spec
+    from reparam.models import build_model
+
+    model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                        image_size=splits.image_size, mean=splits.mean, std=splits.std, **(model_options or {}))
     return splits, model
 
 
@@ -191,7 +186,7 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
     from reparam.metrics.plots import training_curves
 
     config = config or config_from_args(args)
-    spec = getattr(args, "_model_spec", {"name": args.model})
+    spec = getattr(model, "build_args", {"name": args.model})
     setup_distributed(args)
     main = rd.is_main()   # under torchrun only process 0 writes files and prints; the others get a scratch dir
     with rd.distributed_output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
