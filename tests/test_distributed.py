@@ -37,8 +37,17 @@ COMMON = textwrap.dedent('''
         ds = lambda a, b: TensorDataset(x[a:b], y[a:b])
         return SimpleNamespace(name="toy", train=ds(0, 61), val=ds(61, 81), test=ds(81, 101))
 
+    class Net(nn.Module):   # PRANC adds a `pranc` child, so not a bare Sequential
+        def __init__(self):
+            super().__init__()
+            self.body = model("mlp")
+        def forward(self, x):
+            return self.body(x)
+
     def model(kind):
         torch.manual_seed(0)
+        if kind == "pranc":
+            return Net()
         if kind == "mlp":
             return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
@@ -77,6 +86,20 @@ WORKER = COMMON + textwrap.dedent('''
             Trainer(model("mlp"), data(), config("mlp", epochs=4), [Stop(2)], out_dir=out).fit()
         except KeyboardInterrupt:
             pass
+    elif task == "pranc":
+        from reparam.pranc import PrancConfig, apply_pranc
+        from reparam.pranc.fileio import save_prnc
+        for mode in ("streamed", "materialized"):
+            m = model("pranc")
+            core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode, chunk=16))
+            class Check(Callback):
+                def on_train_start(self, t):
+                    assert core.shard.rows == {0: (0, 20) if rd.get_rank() == 0 else (20, 40)}
+            Trainer(m, data(), config("mlp"), [Check()]).fit()
+            assert core.shard is None   # the sharded path is only on while fit runs
+            if rd.is_main():
+                save_prnc(f"{out}/{mode}.prnc", m)
+                save_tensors(f"{out}/{mode}.safetensors", {"theta": core.exact_theta()}, "test", {})
     elif task in ("kill", "hang"):
         class Die(Callback):
             def after_step(self, t):
@@ -219,3 +242,32 @@ def test_cli_under_torchrun_writes_one_output_folder(tmp_path):
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert p.returncode != 0 and "already exists" in p.stderr
     assert [x.name for x in tmp_path.iterdir()] == ["run"]
+
+
+def test_pranc_two_processes_shard_the_basis_and_match_one(tmp_path):
+    """Each process generates half of the basis rows; alpha ends like the 1-process run (tolerance), the
+    file has the same layout, and it rebuilds in 1 process bit-exactly into the 2-process model's weights."""
+    from reparam.pranc import PrancConfig, apply_pranc
+    from reparam.pranc.fileio import load_prnc, read_prnc_header, save_prnc
+
+    procs = _spawn(tmp_path, "pranc")
+    ns = _ns()
+    refs = {}
+    for mode in ("streamed", "materialized"):
+        m = ns["model"]("pranc")
+        core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode, chunk=16))
+        Trainer(m, ns["data"](), ns["config"]("mlp")).fit()
+        save_prnc(tmp_path / f"ref_{mode}.prnc", m)
+        refs[mode] = core.alpha.detach().clone()
+    for rc, err in _wait_all(procs):
+        assert rc == 0, err
+    for mode, ref_alpha in refs.items():
+        path = tmp_path / f"{mode}.prnc"
+        rebuilt, _ = load_prnc(path, ns["model"]("pranc"))
+        core = rebuilt.pranc
+        torch.testing.assert_close(core.alpha.detach(), ref_alpha, rtol=1e-5, atol=1e-6)
+        theta_2p = load_tensors(tmp_path / f"{mode}.safetensors", "test")[0]["theta"]
+        assert torch.equal(core.exact_theta(), theta_2p)   # bit-exact rebuild in one process
+        h2, h1 = read_prnc_header(path), read_prnc_header(tmp_path / f"ref_{mode}.prnc")
+        for key in ("seed", "blocks", "segments", "param_hash", "counts", "mode", "tensors"):
+            assert h2.get(key) == h1.get(key), key

@@ -45,6 +45,7 @@ class DistributedRun:
         self._sync_bn: list[tuple[nn.Module, str, nn.Module]] = []
         self._outside: list[torch.nn.Parameter] = []
         self._dummy = False
+        self._sharded: list[nn.Module] = []
 
     @classmethod
     def maybe(cls, trainer: Trainer) -> DistributedRun | None:
@@ -62,6 +63,10 @@ class DistributedRun:
             from reparam.train.sync_bn import convert_sync_batchnorm
 
             self._sync_bn = convert_sync_batchnorm(model)
+        # Modules that split their own work across processes (PRANC's basis rows) switch it on here.
+        self._sharded = [m for m in model.modules() if callable(getattr(m, "distributed_start", None))]
+        for m in self._sharded:
+            m.distributed_start(self.rank, self.world)
         trainable = [p for p in model.parameters() if p.requires_grad]
         ids = {id(p) for p in model.parameters()}
         self._outside = [p for g in self.trainer.optimizer.param_groups for p in g["params"]
@@ -101,6 +106,9 @@ class DistributedRun:
         rd.broadcast_buffers(self.trainer.model)
 
     def finish(self) -> None:
+        for m in self._sharded:
+            m.distributed_end()
+        self._sharded = []
         if self._sync_bn:
             from reparam.train.sync_bn import revert_sync_batchnorm
 

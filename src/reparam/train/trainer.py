@@ -199,8 +199,12 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> TrainResult:
         # Under torchrun a lost peer (DDP's own collectives included) ends in one clear line, not a hang.
-        with rd.guard("training"):
-            return self._fit(resume)
+        try:
+            with rd.guard("training"):
+                return self._fit(resume)
+        finally:
+            if self.dist is not None:
+                self.dist.finish()
 
     def _fit(self, resume: bool) -> TrainResult:
         cfg = self.config
