@@ -97,8 +97,13 @@ def init_distributed(timeout_s: float | None = None, backend: str = "auto") -> b
     chosen = auto_backend() if backend == "auto" else backend
     if "nccl" in chosen and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    with guard("joining the process group"):
+    try:
         dist.init_process_group(chosen, timeout=datetime.timedelta(seconds=_timeout_s))
+    except (RuntimeError, ValueError, dist.DistError) as e:
+        raise DistributedFailure(
+            f"process {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the process group at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {_timeout_s:g} s (--dist-timeout); "
+            f"were all processes started? [{_short(str(e))}]") from None
     return is_distributed()
 
 
