@@ -1,6 +1,6 @@
-"""How closely 2 processes with --sync-bn follow 1 process, step by step (digits, the `cnn` model).
+"""How closely 2 processes with --sync-bn follow 1 process, step by step (digits; `cnn` by default).
 
-    PYTHONPATH=src python benchmarks/distributed_bn_equivalence.py [--steps 5]
+    PYTHONPATH=src python benchmarks/distributed_bn_equivalence.py [--steps 5] [--model mlp]
 
 Three runs of the real trainer, same seed and global batch: (a) 1 process with torch's BatchNorm kernel,
 (b) 1 process whose BatchNorm computes the same formula as reparam's GlobalBatchNorm (two-pass sums),
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-def run(out: str, variant: str, steps: int) -> None:
+def run(out: str, variant: str, steps: int, model_name: str) -> None:
     import torch
     import torch.nn as nn
 
@@ -55,7 +55,7 @@ def run(out: str, variant: str, steps: int) -> None:
     rd.init_distributed(120)
     s = load_dataset("digits", seed=0)
     seed_everything(0)
-    model = build_model("cnn", num_classes=s.num_classes, in_channels=s.in_channels, image_size=s.image_size,
+    model = build_model(model_name, num_classes=s.num_classes, in_channels=s.in_channels, image_size=s.image_size,
                         mean=s.mean, std=s.std)
     if variant == "twopass":
         for i, m in enumerate(model.body):
@@ -83,17 +83,18 @@ def run(out: str, variant: str, steps: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--model", default="cnn", help="model name (cnn has BatchNorm, mlp has none)")
     p.add_argument("--bn-eq-run", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bn_eq_run:
-        return run(args.bn_eq_run[0], args.bn_eq_run[1], args.steps)
+        return run(args.bn_eq_run[0], args.bn_eq_run[1], args.steps, args.model)
     from reparam.core.fileformat import load_tensors
 
     tmp = Path(tempfile.mkdtemp(prefix="bn-eq-"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    me = [__file__, "--steps", str(args.steps), "--bn-eq-run"]
+    me = [__file__, "--steps", str(args.steps), "--model", args.model, "--bn-eq-run"]
     subprocess.run([sys.executable, *me, str(tmp / "a"), "torch"], env=env, check=True)
     subprocess.run([sys.executable, *me, str(tmp / "b"), "twopass"], env=env, check=True)
     with socket.socket() as sk:
