@@ -78,6 +78,8 @@ WORKER = COMMON + textwrap.dedent('''
         for kind in ("mlp", "bn"):
             m = model(kind)
             res = Trainer(m, data(), config(kind)).fit()
+            if kind == "mlp":   # a second trainer on the same model (methods that train in phases)
+                res = Trainer(m, data(), config(kind, epochs=1)).fit()
             if rd.is_main():
                 save_tensors(f"{out}/{kind}.safetensors", dict(m.state_dict()), "test",
                              {"history": res.history, "test_acc": res.test_acc, "types": [type(x).__name__ for x in m]})
@@ -183,6 +185,8 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path):
         cfg = ns["config"](kind)
         cfg.sync_bn = False   # 1 process: plain BatchNorm over the whole batch is the reference
         refs[kind] = (m, Trainer(m, ns["data"](), cfg).fit())
+        if kind == "mlp":
+            refs[kind] = (m, Trainer(m, ns["data"](), ns["config"](kind, epochs=1)).fit())
     for rc, err in _wait_all(procs):
         assert rc == 0, err
     for kind, (m, ref) in refs.items():

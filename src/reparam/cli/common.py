@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,8 +110,16 @@ def setup_runtime(args: argparse.Namespace) -> None:
 
 
 def setup_distributed(args: argparse.Namespace) -> bool:
-    """Join torchrun's process group when launched by it (no-op otherwise, and when already joined)."""
-    return rd.init_distributed(getattr(args, "dist_timeout", None), getattr(args, "dist_backend", "auto"))
+    """Join torchrun's process group when launched by it (no-op otherwise, and when already joined).
+
+    Processes other than 0 stop printing to stdout (tables, progress), so a command's report appears once;
+    their stderr (errors, warnings) stays.
+    """
+    joined = rd.init_distributed(getattr(args, "dist_timeout", None), getattr(args, "dist_backend", "auto"))
+    if joined and not rd.is_main() and not getattr(sys.stdout, "_reparam_silenced", False):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        sys.stdout._reparam_silenced = True
+    return joined
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
