@@ -218,8 +218,10 @@ def distributed_output_dir(out: str | Path, overwrite: bool = False, resume: boo
     the others get a private scratch folder that is deleted afterwards, so method code that writes into
     the yielded folder needs no rank checks and never writes twice.
     """
-    from reparam.core.outdir import output_dir
+    from reparam.core import outdir
 
+    # the single-process folder logic (if outdir.output_dir itself delegates here, its local form)
+    output_dir = getattr(outdir, "local_output_dir", outdir.output_dir)
     if not is_distributed():
         with output_dir(out, overwrite=overwrite, resume=resume) as work:
             yield work
