@@ -220,8 +220,7 @@ def distributed_output_dir(out: str | Path, overwrite: bool = False, resume: boo
     """
     from reparam.core import outdir
 
-    # the single-process folder logic (if outdir.output_dir itself delegates here, its local form)
-    output_dir = getattr(outdir, "local_output_dir", outdir.output_dir)
+    output_dir = outdir.local_output_dir
     if not is_distributed():
         with output_dir(out, overwrite=overwrite, resume=resume) as work:
             yield work
