@@ -96,7 +96,7 @@ def fit_inr(model: nn.Module, image: torch.Tensor, config: FitConfig | None = No
             opt.step()
             if sched is not None:
                 sched.step()
-            lv = float(loss)
+            lv = loss.detach().item()
             if not math.isfinite(lv):
                 raise TrainingDiverged(f"INR fit diverged at step {step} (loss {lv})")
             if step % cfg.eval_every == 0 or step == cfg.steps:
