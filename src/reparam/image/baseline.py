@@ -48,7 +48,8 @@ def file_bytes_for(spec: InrSpec, c: int, h: int, w: int) -> int:
     n = dense_params(spec, c)
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "probe.inr"
-        save_tensors(p, {"weights": torch.zeros(n, dtype=torch.float16)}, KIND, _header(spec, c, h, w))
+        header = {**_header(spec, c, h, w), "decoded_crc32": 4294967295}
+        save_tensors(p, {"weights": torch.zeros(n, dtype=torch.float16)}, KIND, header)
         return p.stat().st_size + 9  # the CRC field may be up to 9 digits longer
 
 
