@@ -261,3 +261,16 @@ def test_rd_sweep_classic_and_prnc(tmp_path, capsys):
     assert (tmp_path / "rd" / "rd.json").exists() and (tmp_path / "rd" / "rd_psnr.png").exists()
     rc, _, err = run(["image", "rd", "astronaut", "--codecs", "gif", "--out", str(tmp_path / "r2")], capsys)
     assert rc == 2 and "unknown codec" in err
+
+
+def test_reproduce_hook_runs_small(tmp_path, monkeypatch):
+    from reparam.core.claims import ReproduceContext
+    from reparam.image import reproduce
+
+    monkeypatch.setattr(reproduce, "QUICK", (24, 5, 30.0))
+    rep = reproduce.run(ReproduceContext(out_dir=tmp_path, quick=True))
+    ids = [c.claim_id for c in rep.claims]
+    assert ids == ["image-prnc-beats-trained-inr", "image-prnc-beats-jpeg-true-bpp",
+                   "image-prnc-vs-jpeg-paper-convention", "image-top-p-monotone", "image-depth-helps-fixed-k"]
+    assert all(c.verdict in ("holds", "does not hold", "inconclusive") for c in rep.claims)
+    assert (tmp_path / "image_top_p.png").exists() and "true bpp" in rep.summary.stored

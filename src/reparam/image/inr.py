@@ -21,10 +21,10 @@ MAX_SIDE = 1 << 15
 
 @dataclass
 class InrSpec:
-    width: int = 64
+    width: int = 32
     depth: int = 4
-    fourier: int = 64
-    sigma: float = 2.0
+    fourier: int = 32
+    sigma: float = 1.0
     fourier_seed: int = 0
     output: str = "linear"
 

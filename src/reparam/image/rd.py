@@ -33,7 +33,9 @@ def parse_codecs(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def prnc_point(image: torch.Tensor, k: int, cfg: codec.CodecConfig, progress: bool) -> tuple[dict, int]:
+def prnc_point(image: torch.Tensor, k: int, cfg: codec.CodecConfig, progress: bool,
+               save_to: str | Path | None = None) -> tuple[dict, int]:
+    """Encode, write, decode from the file, measure. `save_to` keeps a copy of the file."""
     c, h, w = image.shape
     ref = from_uint8((image.clamp(0, 1) * 255).round().to(torch.uint8))
     enc = codec.encode(image, k, cfg, progress=progress)
@@ -41,6 +43,8 @@ def prnc_point(image: torch.Tensor, k: int, cfg: codec.CodecConfig, progress: bo
         path = Path(d) / "x.prnc"
         size = codec.save(path, enc)
         dec = codec.decode(path)
+        if save_to is not None:
+            Path(save_to).write_bytes(path.read_bytes())
     if not dec.bit_exact or not torch.equal(dec.image, enc.decoded):
         raise RuntimeError("decode of a freshly written file differs from the encoder's output")
     point = {"codec": "prnc", "k": k, "budgets": enc.budgets, "bytes": size,
