@@ -17,14 +17,14 @@ from reparam.cli.main import main as reparam_main
 
 def run() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench-dense-fmnist")
     p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     argv = ["train", "--method", "dense", "--data", "fashion-mnist", "--model", "resnet20", "--epochs", str(a.epochs),
             "--batch-size", "128", "--lr", "0.1", "--weight-decay", "5e-4", "--schedule", "cosine",
-            "--augment", "crop2+flip", "--seed", "0", "--threads", str(a.threads), "--out", a.out, "--overwrite"]
+            "--augment", "flip", "--seed", "0", "--threads", str(a.threads), "--out", a.out, "--overwrite"]
     if a.resume:
         argv.append("--resume")
     print("command: reparam " + " ".join(shlex.quote(x) for x in argv), flush=True)

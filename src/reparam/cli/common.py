@@ -61,7 +61,7 @@ def add_data_args(p: argparse.ArgumentParser, data: str = "digits") -> None:
     p.add_argument("--data", default=data, help=f"dataset name (default {data}); see docs for the list")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--train-subset", type=float, default=None,
-                   help="keep this many training examples (or this fraction if < 1), stratified")
+                   help="keep this many training examples (a count > 1) or this fraction (<= 1), stratified")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of train held out for validation")
 
 
@@ -107,22 +107,16 @@ def load_splits(args: argparse.Namespace, **options: Any):
     subset = args.train_subset
     if subset is not None:
         if subset <= 0:
-            raise ReparamError(f"--train-subset {subset} is not allowed; use a count >= 1 or a fraction in (0, 1)")
-        subset = int(subset) if subset >= 1 else subset
+            raise ReparamError(f"--train-subset {subset} is not allowed; use a count > 1 or a fraction in (0, 1]")
+        subset = int(subset) if subset > 1 else subset  # 1 (or 1.0) means all of it
     if not 0 < args.val_fraction < 1:
         raise ReparamError(f"--val-fraction {args.val_fraction} is not allowed; must be in (0, 1)")
     return load_dataset(args.data, seed=args.seed, root=args.data_root, val_fraction=args.val_fraction,
                         train_subset=subset, **options)
 
 
-def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
-    """Everything needed to rebuild the architecture with build_from_spec (stored in file headers)."""
-    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
-            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
-            "options": options}
-
-
 def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild an architecture from `model.build_args` (as stored in file headers)."""
     from reparam.models import build_model
 
     return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
@@ -135,9 +129,10 @@ def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = Non
     setup_runtime(args)
     splits = load_splits(args)
     seed_everything(args.seed)
-    spec = model_spec(args.model, splits, **(model_options or {}))
-    model = build_from_spec(spec)
-    args._model_spec = spec
+    from reparam.models import build_model
+
+    model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                        image_size=splits.image_size, mean=splits.mean, std=splits.std, **(model_options or {}))
     return splits, model
 
 
@@ -169,7 +164,7 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
     from reparam.metrics.plots import training_curves
 
     config = config or config_from_args(args)
-    spec = getattr(args, "_model_spec", {"name": args.model})
+    spec = getattr(model, "build_args", {"name": args.model})
     with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
         trainer = Trainer(model, splits, config, callbacks=callbacks, out_dir=work, param_groups=param_groups,
                           optimizer=optimizer)

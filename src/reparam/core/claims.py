@@ -61,3 +61,5 @@ class ReproduceContext:
     seeds: int = 3              # number of seeds where a claim needs statistics
     threads: int = 1
     work_dir: Path | None = None  # cache of finished experiments for resumable --full runs
+    tiny: bool = False          # smoke-test size (seconds): tiny data and 1-2 epochs; verdicts meaningless,
+    #                             used by the test suite so that a broken method shows up in CI

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, help="continue a killed run in this folder, reusing finished methods")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke-test size, for the tests
     add_runtime_args(p)
     p.set_defaults(func=run)
 
@@ -42,13 +42,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out or f"runs/reproduce-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     work = out / "cache"
-    ctx = ReproduceContext(out_dir=out, quick=quick, seed=args.seed, threads=args.threads or 1, work_dir=work)
+    ctx = ReproduceContext(out_dir=out, quick=quick, seed=args.seed, threads=args.threads or 1, work_dir=work,
+                           tiny=args.tiny)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     t0 = time.perf_counter()
     results = run_reproduce(ctx, methods, progress=lambda name: console.print(f"[bold]running {name}[/] ..."))
-    meta = {"mode": "quick" if quick else "full", "seed": args.seed, "threads": ctx.threads,
-            "command": "reparam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else
-            "reparam reproduce", "started": stamp, "seconds": time.perf_counter() - t0}
+    mode = "tiny (smoke test)" if args.tiny else "quick" if quick else "full"
+    command = "reparam " + " ".join(shlex.quote(a) for a in args.argv)
+    meta = {"mode": mode, "seed": args.seed, "threads": ctx.threads, "command": command, "started": stamp,
+            "seconds": time.perf_counter() - t0}
     write_report(out, results, meta)
     from rich.table import Table
 
