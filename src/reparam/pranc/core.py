@@ -72,7 +72,6 @@ class PrancCoefficients(nn.Module):
         self.mode = "streamed"
         self.cache_policy = "block"      # "block": keep exact block weights; "none": layer by layer
         self._exact_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
-        self.set_mode(config.mode)
 
     # -- basis ----------------------------------------------------------------------------------------
     @property
@@ -93,24 +92,41 @@ class PrancCoefficients(nn.Module):
         return u.mul_(getattr(self, f"scale_{block}")[c0:c1])
 
     def basis_rows(self, block: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        if self.mode == "materialized":
-            return getattr(self, f"basis_{block}")[r0:r1, c0:c1]
-        return self.generate(block, r0, r1, c0, c1)
+        if self.mode != "materialized":
+            return self.generate(block, r0, r1, c0, c1)
+        parts = []
+        for i, s in enumerate(self.segments):
+            if s.block != block or s.offset >= c1 or s.offset + s.numel <= c0:
+                continue
+            a, b = max(c0, s.offset), min(c1, s.offset + s.numel)
+            parts.append(getattr(self, f"basis_{i}")[r0:r1, a - s.offset:b - s.offset])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _segment_basis(self, block: int, c0: int, c1: int) -> torch.Tensor | None:
+        """The materialized [k_b, n] matrix of exactly one segment (contiguous: fast gemv), if it is one."""
+        for i, s in enumerate(self.segments):
+            if s.block == block and s.offset == c0 and s.offset + s.numel == c1:
+                return getattr(self, f"basis_{i}")
+        return None
 
     def set_mode(self, mode: str) -> None:
+        """Switch between materialized (basis in non-persistent buffers, one per tensor) and streamed."""
         if mode not in ("materialized", "streamed"):
             raise ReparamError(f"unknown PRANC mode {mode!r}; allowed: materialized, streamed")
-        for b in self.blocks:
-            name = f"basis_{b.index}"
+        for i in range(len(self.segments)):
+            name = f"basis_{i}"
             if name in self._buffers:
                 del self._buffers[name]
-            if mode == "materialized":
-                self.register_buffer(name, torch.empty(0), persistent=False)
-                full = torch.empty(b.k, b.d, device=self.alpha.device)
-                step = max(1, min(b.k, (1 << 24) // max(1, b.d)))
-                for r0 in range(0, b.k, step):
-                    full[r0:r0 + step] = self.generate(b.index, r0, min(b.k, r0 + step), 0, b.d)
-                self._buffers[name] = full
+        self.mode = "streamed"
+        if mode == "materialized":
+            for i, s in enumerate(self.segments):
+                k = self.blocks[s.block].k
+                full = torch.empty(k, s.numel, device=self.alpha.device)
+                step = max(1, min(k, (1 << 24) // max(1, s.numel)))
+                for r0 in range(0, k, step):
+                    full[r0:r0 + step] = self.generate(s.block, r0, min(k, r0 + step), s.offset,
+                                                       s.offset + s.numel)
+                self.register_buffer(f"basis_{i}", full, persistent=False)
         self.mode = mode
 
     def block_alpha(self, block: int) -> torch.Tensor:
@@ -120,24 +136,30 @@ class PrancCoefficients(nn.Module):
     # -- training path (fast) ---------------------------------------------------------------------------
     def fast_columns(self, alpha_b: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
         if self.mode == "materialized":
-            return alpha_b @ getattr(self, f"basis_{block}")[:, c0:c1]
+            b = self._segment_basis(block, c0, c1)
+            if b is None:
+                b = self.basis_rows(block, 0, alpha_b.shape[0], c0, c1)
+            return alpha_b @ b.to(alpha_b.dtype)
         out = None
         k, step = alpha_b.shape[0], self.config.chunk
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
-            part = alpha_b[r0:r1] @ self.generate(block, r0, r1, c0, c1)
+            part = alpha_b[r0:r1] @ self.generate(block, r0, r1, c0, c1).to(alpha_b.dtype)
             out = part if out is None else out.add_(part)
         return out
 
     def grad_columns(self, block: int, c0: int, c1: int, g: torch.Tensor) -> torch.Tensor:
         """dL/dalpha_b = B[:, c0:c1] @ g, chunk by chunk in streamed mode."""
         if self.mode == "materialized":
-            return getattr(self, f"basis_{block}")[:, c0:c1] @ g
+            b = self._segment_basis(block, c0, c1)
+            if b is None:
+                b = self.basis_rows(block, 0, self.blocks[block].k, c0, c1)
+            return b.to(g.dtype) @ g
         k, step = self.blocks[block].k, self.config.chunk
         out = torch.empty(k, dtype=g.dtype, device=g.device)
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
-            out[r0:r1] = self.generate(block, r0, r1, c0, c1) @ g
+            out[r0:r1] = self.generate(block, r0, r1, c0, c1).to(g.dtype) @ g
         return out
 
     # -- exact path (canonical) ---------------------------------------------------------------------------

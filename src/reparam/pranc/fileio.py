@@ -51,7 +51,7 @@ def _dense_tensors(model: nn.Module, core: PrancCoefficients) -> dict[str, list[
             out[key] = basis[key]
         else:
             out[name] = list(t.shape)
-    return dict(sorted(out.items()))
+    return out
 
 
 def param_hash(dense: dict[str, list[int]], segments: list[dict]) -> str:
@@ -174,14 +174,15 @@ def config_from_header(header: dict[str, Any]) -> PrancConfig:
 
 
 def _first_mismatch(expected: dict[str, list[int]], got: dict[str, list[int]]) -> str | None:
+    """The first tensor (in the model's order) whose name or shape differs from the file's."""
+    for name, shape in got.items():
+        if name not in expected:
+            return f"the model has tensor {name!r} that the file does not"
+        if list(expected[name]) != list(shape):
+            return f"tensor {name!r} has shape {list(shape)} in the model but {expected[name]} in the file"
     for name, shape in expected.items():
         if name not in got:
             return f"tensor {name!r} (shape {shape}) is missing from the model"
-        if list(got[name]) != list(shape):
-            return f"tensor {name!r} has shape {list(got[name])} in the model but {shape} in the file"
-    for name in got:
-        if name not in expected:
-            return f"the model has tensor {name!r} that the file does not"
     return None
 
 

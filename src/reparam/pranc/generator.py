@@ -82,7 +82,9 @@ def reference_unit(seed: int, block: int, row: int, col: int, distribution: str 
     s = lane_int(seed, block, row, col)
     if distribution == "uniform":
         return (2 * s + 1) / 65536.0
-    return float(gaussian_table()[s + 32768])
+    import numpy as np
+
+    return float(np.float32(gaussian_table()[s + 32768]))
 
 
 # ---------------------------------------------------------------- tensor implementation
