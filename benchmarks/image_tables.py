@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--random-repeats", type=int, default=4)
     ap.add_argument("--paper-lr", action="store_true", help="also encode the base point with lr 1e-3")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--depth-only", action="store_true", help="skip the width sweep (extra seeds of Table 8)")
     ap.add_argument("--out", default="runs/image/tables")
     args = ap.parse_args()
     set_threads(1)
@@ -81,7 +82,7 @@ def main() -> None:
             print("depth", json.dumps(p), flush=True)
             if d == base.depth:
                 base_path = path
-        for wd in [int(v) for v in args.widths.split(",")]:
+        for wd in [] if args.depth_only else [int(v) for v in args.widths.split(",")]:
             if wd == base.width and any(p["depth"] == base.depth for p in res["depth"]):
                 res["width"].append(next(p for p in res["depth"] if p["depth"] == base.depth))
                 continue
@@ -109,8 +110,10 @@ def main() -> None:
         line_plot({"PSNR": ([p["depth"] for p in res["depth"]], [p["psnr"] for p in res["depth"]])},
                   work / "table8_depth.png", "hidden layers (depth)", "PSNR (dB)",
                   title=f"{args.image} {h}x{w}, k={args.k} fixed")
-        line_plot({"PSNR": ([p["width"] for p in res["width"]], [p["psnr"] for p in res["width"]])},
-                  work / "table8_width.png", "width", "PSNR (dB)", title=f"{args.image} {h}x{w}, k={args.k} fixed")
+        if res["width"]:
+            line_plot({"PSNR": ([p["width"] for p in res["width"]], [p["psnr"] for p in res["width"]])},
+                      work / "table8_width.png", "width", "PSNR (dB)",
+                      title=f"{args.image} {h}x{w}, k={args.k} fixed")
         line_plot({"largest |alpha| p% per layer": ([p["p"] for p in res["top_p"]], [p["psnr"] for p in res["top_p"]]),
                    f"random p% (mean of {args.random_repeats})": ([p["p"] for p in res["random_p"]],
                                                                   [p["psnr_mean"] for p in res["random_p"]])},
