@@ -65,6 +65,16 @@ def tables_8_9(runs: Path, docs: Path) -> list[str]:
            f"lr {t['lr']}.\n", "Depth (width 32):\n", "| depth | budgets | PSNR | SSIM |", "|---|---|---|---|"]
     for r in t["depth"]:
         out.append(f"| {r['depth']} | {r['budgets']} | {f(r['psnr'])} | {f(r['msssim'], 3)} |")
+    seeds = [t] + [json.loads(q.read_text()) for q in sorted(runs.glob("tables-seed*/tables.json"))]
+    if len(seeds) > 1:
+        import statistics
+
+        out += [f"\nDepth over {len(seeds)} seeds (basis seed and pixel order = 0..{len(seeds) - 1}):\n",
+                "| depth | PSNR per seed | mean | sd |", "|---|---|---|---|"]
+        for r in t["depth"]:
+            vals = [next(x["psnr"] for x in s_["depth"] if x["depth"] == r["depth"]) for s_ in seeds]
+            out.append(f"| {r['depth']} | {', '.join(f(v) for v in vals)} | {f(statistics.mean(vals))} | "
+                       f"{f(statistics.stdev(vals))} |")
     out += ["\nWidth (depth 4):\n", "| width | budgets | PSNR | SSIM |", "|---|---|---|---|"]
     for r in t["width"]:
         out.append(f"| {r['width']} | {r['budgets']} | {f(r['psnr'])} | {f(r['msssim'], 3)} |")

@@ -274,3 +274,16 @@ def test_reproduce_hook_runs_small(tmp_path, monkeypatch):
                    "image-prnc-vs-jpeg-paper-convention", "image-top-p-monotone", "image-depth-helps-fixed-k"]
     assert all(c.verdict in ("holds", "does not hold", "inconclusive") for c in rep.claims)
     assert (tmp_path / "image_top_p.png").exists() and "true bpp" in rep.summary.stored
+
+
+def test_streamed_basis_for_large_networks_same_math(monkeypatch):
+    x = image()
+    budgets = codec.split_budget(40, layer_sizes(build_inr(SPEC, 3, 16, 16)))
+    fit = FitConfig(steps=5, lr=1e-2, eval_every=5)
+    small = codec.encode(x, 40, codec.CodecConfig(inr=SPEC, fit=fit), progress=False)
+    monkeypatch.setattr(codec, "MATERIALIZE_LIMIT", 0)
+    m = codec.pranc_inr(SPEC, 3, 16, 16, budgets, 0)
+    assert m.pranc.mode == "streamed"
+    big = codec.encode(x, 40, codec.CodecConfig(inr=SPEC, fit=fit), progress=False)
+    a, b = small.model.pranc.alpha, big.model.pranc.alpha
+    assert torch.allclose(a, b, atol=2e-3) and abs(small.fit.psnr - big.fit.psnr) < 0.05

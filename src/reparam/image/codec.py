@@ -40,6 +40,7 @@ from reparam.pranc.fileio import KIND, PRANC_VERSION, read_prnc_header
 
 CONTENT = "image"
 BUDGET_RULES = ("even", "proportional")
+MATERIALIZE_LIMIT = 1 << 26   # basis entries (256 MiB fp32) up to which training keeps the basis in memory
 
 
 @dataclass
@@ -99,12 +100,18 @@ def _pranc_config(k: int, budgets: list[int], seed: int, distribution: str, ln: 
 
 
 def pranc_inr(spec: InrSpec, channels: int, height: int, width: int, budgets: list[int], seed: int,
-              distribution: str = "default-init", mode: str = "materialized") -> nn.Module:
-    """The codec's network: a fresh INR with PRANC applied (one block per Linear layer, LayerNorm frozen)."""
+              distribution: str = "default-init", mode: str = "auto") -> nn.Module:
+    """The codec's network: a fresh INR with PRANC applied (one block per Linear layer, LayerNorm frozen).
+
+    mode "auto": materialized basis while it has at most MATERIALIZE_LIMIT entries, else streamed (chunks
+    regenerated in forward and backward; same math, less memory, slower)."""
     model = build_inr(spec, channels, height, width)
     sizes = layer_sizes(model)
     if len(budgets) != len(sizes):
         raise ReparamError(f"{len(budgets)} per-layer budgets for {len(sizes)} layers")
+    if mode == "auto":
+        entries = sum(k * d for k, d in zip(budgets, sizes, strict=True))
+        mode = "materialized" if entries <= MATERIALIZE_LIMIT else "streamed"
     cfg = _pranc_config(sum(budgets), budgets, seed, distribution, layernorm_state(model))
     cfg.mode = mode
     with warnings.catch_warnings():
