@@ -48,6 +48,9 @@ def rd_tables(runs: Path, docs: Path) -> list[str]:
         out.append(f"\nSmallest files: JPEG {f(lo_j)} bpp (quality 1), WebP {f(lo_w)} bpp (quality 0). "
                    f"Encode time per PRANC point: "
                    + ", ".join(f"{p['encode_seconds']:.0f} s" for p in r["points"]["prnc"]) + ".\n")
+        from reparam.image.rd import plot
+
+        plot(r, d, f"{r['source']} {w}x{h}")  # regenerate from the JSON so every plot has the same series
         for png in ("rd_psnr.png", "rd_msssim.png"):
             if (d / png).exists():
                 dst = docs / f"{d.name}_{png}"

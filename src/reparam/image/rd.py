@@ -149,6 +149,8 @@ def plot(result: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
     for key, label in (("psnr", "PSNR (dB)"), ("msssim", kind.upper())):
         series = {name: ([p["bpp"] for p in v], [p[key] for p in v]) for name, v in pts.items() if v}
         if "prnc" in pts and pts["prnc"]:
+            series["prnc coefficients only (16k/HW, no header)"] = ([p["payload_bpp"] for p in pts["prnc"]],
+                                                                   [p[key] for p in pts["prnc"]])
             series["prnc (paper's 2k/HW, NOT true bpp)"] = ([p["paper_bpp"] for p in pts["prnc"]],
                                                              [p[key] for p in pts["prnc"]])
         paths.append(line_plot(series, out_dir / f"rd_{key}.png", "true bits per pixel (file bytes * 8 / pixels)",
