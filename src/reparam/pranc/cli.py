@@ -138,7 +138,7 @@ def cmd_train(args) -> int:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     c = counts(model, core, args.coef_dtype)
-    spec = args._model_spec
+    spec = getattr(model, "build_args", None)
 
     def finalize(model, work: Path) -> dict[str, Any]:
         extra: dict[str, Any] = {}
