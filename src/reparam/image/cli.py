@@ -107,11 +107,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
         k = codec.coefficients_for_bpp(args.bpp, cfg.inr, c, h, w, cfg.budget_rule, cfg.seed, cfg.distribution)
     enc = codec.encode(x, k, cfg, progress=not args.no_progress)
     size = codec.save(out, enc)
+    capped = args.bpp is not None and k == sum(codec.layer_sizes(enc.model))
     q = quality(x, from_uint8(enc.decoded))
     b = codec.bpp_report(size, k, h, w)
     print_table(f"encoded {args.image} -> {out}", [
         ("image", f"{w}x{h}, {c} channel(s)"),
-        ("coefficients k", f"{k} (per layer {enc.budgets})"),
+        ("coefficients k", f"{k} (per layer {enc.budgets})"
+                           + (": capped at the dense network's size" if capped else "")),
         ("file", f"{size} bytes"),
         ("true bits per pixel", f"{b['bpp']:.4f}  (file bytes * 8 / pixels, header included)"),
         ("  coefficients only", f"{b['payload_bpp']:.4f}  (16 bits * k / pixels)"),
