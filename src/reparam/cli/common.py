@@ -140,6 +140,7 @@ def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = Non
 
     model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=splits.image_size, mean=splits.mean, std=splits.std, **(model_options or {}))
+    args._model_spec = model.build_args
     return splits, model
 
 
