@@ -68,6 +68,12 @@ def test_generator_chunked_equals_whole_exactly():
         assert torch.equal(parts, whole)
 
 
+def test_generator_tiling_does_not_change_bits(monkeypatch):
+    whole = gen.unit_block(5, 1, 3, 40, 7, 333)
+    monkeypatch.setattr(gen, "_TILE", 13)
+    assert torch.equal(gen.unit_block(5, 1, 3, 40, 7, 333), whole)
+
+
 def test_generator_threads_do_not_change_bits():
     a = gen.unit_block(3, 2, 0, 64, 0, 4096, "gaussian")
     torch.set_num_threads(2)

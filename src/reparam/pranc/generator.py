@@ -46,6 +46,7 @@ C1 = 0xBF58476D1CE4E5B9
 C2 = 0x94D049BB133111EB
 C3 = 0xD6E8FEB86659FD93
 _G, _C1, _C2 = _s64(GOLDEN), _s64(C1), _s64(C2)
+_TILE = 1 << 16        # int64 hashes per tile on CPU
 
 # CRC32 of the float32 Gaussian table; a platform whose libm gives a different table fails loudly.
 GAUSS_TABLE_CRC32 = 0x1296E3AD
@@ -121,10 +122,14 @@ def lanes(seed: int, block: int, row_start: int, row_end: int, col_start: int, c
         return torch.empty(max(row_end - row_start, 0), max(col_end - col_start, 0),
                            dtype=torch.int16, device=device)
     q0, q1 = col_start // 4, (col_end - 1) // 4 + 1
+    nq = q1 - q0
     keys = row_keys(seed, block, row_start, row_end, device)
     ctr = torch.arange(q0 + 1, q1 + 1, dtype=torch.int64, device=device).mul_(_G)
-    z = keys[:, None] + ctr[None, :]
-    _mix_(z)
+    z = torch.empty(row_end - row_start, nq, dtype=torch.int64, device=device)
+    # Hash tile by tile so the dozen int64 passes stay in cache (about 1.5x faster on CPU; same bits).
+    rows = max(1, _TILE // nq) if z.device.type == "cpu" else z.shape[0]
+    for a in range(0, z.shape[0], rows):
+        _mix_(torch.add(keys[a:a + rows, None], ctr[None, :], out=z[a:a + rows]))
     lo = col_start - 4 * q0
     return z.view(torch.int16)[:, lo:lo + (col_end - col_start)]
 
