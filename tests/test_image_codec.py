@@ -202,6 +202,8 @@ def test_cli_encode_decode_roundtrip(tmp_path, capsys):
     assert dec.equal(codec.decode(out).image)
     rc, _, err = run(["image", "decode", str(out), "-o", str(tmp_path / "z.png"), "--top", "30"], capsys)
     assert rc == 0, err
+    rc, stdout, err = run(["image", "info", str(out)], capsys)
+    assert rc == 0 and "true bits per pixel" in stdout and "16x16" in stdout
 
 
 def _bad_inputs(tmp_path):

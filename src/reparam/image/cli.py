@@ -158,6 +158,28 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    h = codec.read_image_header(args.file)
+    c, hh, ww = h["image"]
+    size = Path(args.file).stat().st_size
+    k = sum(int(b) for b in h["budgets"])
+    b = codec.bpp_report(size, k, hh, ww)
+    inr = h["inr"]
+    print_table(f"{args.file}", [
+        ("content", f"image {ww}x{hh}, {c} channel(s)"),
+        ("network", f"Fourier MLP width {inr['width']}, depth {inr['depth']}, M={inr['fourier']}, "
+                    f"sigma={inr['sigma']}, Fourier seed {inr['fourier_seed']}"),
+        ("PRANC", f"seed {h['seed']}, {h['distribution']} basis, {h['generator']['name']} "
+                  f"v{h['generator']['version']}"),
+        ("coefficients", f"{k} {h['coef_dtype']} (per layer {h['budgets']})"),
+        ("file", f"{size} bytes ({size - 2 * k} bytes of header and framing)"),
+        ("true bits per pixel", f"{b['bpp']:.4f}"),
+        ("  coefficients only", f"{b['payload_bpp']:.4f}"),
+        ("  paper's convention", f"{b['paper_bpp']:.4f}  (2k / pixels; NOT bits per pixel)"),
+    ])
+    return 0
+
+
 def cmd_rd(args: argparse.Namespace) -> int:
     from reparam.image import rd
 
@@ -221,6 +243,10 @@ def register(subparsers) -> None:
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_runtime_args(d)
     d.set_defaults(func=cmd_decode)
+
+    i = sub.add_parser("info", help="print what a .prnc image file holds and its rates")
+    i.add_argument("file", help="a .prnc image file")
+    i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("rd", help="rate-distortion sweep vs a trained INR, JPEG and WebP (true bpp)")
     _add_image_args(r)
