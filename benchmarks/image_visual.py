@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("file")
     ap.add_argument("--image", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--progressive", default=None,
+                    help="comma-separated percentages: show top-p%% decodes instead of the codec comparison")
     args = ap.parse_args()
     import matplotlib
 
@@ -48,7 +50,13 @@ def main() -> None:
     panels = [("original", x, None)]
     q = quality(x, from_uint8(dec.image))
     panels.append((f"PRANC {size * 8 / (h * w):.2f} bpp, {q['psnr']:.2f} dB", from_uint8(dec.image), None))
-    for name in ("jpeg", "webp"):
+    if args.progressive:
+        panels = [("original", x, None)]
+        for pct in [float(v) for v in args.progressive.split(",")]:
+            d = codec.decode(args.file, top=pct)
+            y = from_uint8(d.image)
+            panels.append((f"top {pct:g}% ({d.kept} coef.), {quality(x, y)['psnr']:.2f} dB", y, None))
+    for name in () if args.progressive else ("jpeg", "webp"):
         qual, data = best_under(x, name, size)
         y = classic.decode_bytes(data, c)
         panels.append((f"{name.upper()} q{qual} {len(data) * 8 / (h * w):.2f} bpp, {quality(x, y)['psnr']:.2f} dB",
