@@ -261,6 +261,11 @@ def test_rd_sweep_classic_and_prnc(tmp_path, capsys):
                       str(tmp_path / "rd"), "--no-progress"], capsys)
     assert rc == 0, err
     assert (tmp_path / "rd" / "rd.json").exists() and (tmp_path / "rd" / "rd_psnr.png").exists()
+    rc, _, err = run(["image", "rd", "astronaut", "--size", "16", "--codecs", "prnc", "--out", str(tmp_path / "r3"),
+                      *ARCH[:6], "--steps", "3"], capsys)
+    assert rc == 0, err
+    pts = json.loads((tmp_path / "r3" / "rd.json").read_text())["points"]["prnc"]
+    assert [p["k"] for p in pts] == [7, 14, 29, 58]   # 1/32 .. 1/4 of the 235 dense weights
     rc, _, err = run(["image", "rd", "astronaut", "--codecs", "gif", "--out", str(tmp_path / "r2")], capsys)
     assert rc == 2 and "unknown codec" in err
 

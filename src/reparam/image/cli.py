@@ -185,14 +185,18 @@ def cmd_rd(args: argparse.Namespace) -> int:
 
     _threads(args)
     codecs = rd.parse_codecs(args.codecs)
-    if ("prnc" in codecs or "inr" in codecs) and not (args.bpp or args.coefficients):
-        raise ReparamError("give --bpp B1,B2,... (target true bpp) or --coefficients K1,K2,... for prnc/inr")
     if args.bpp and args.coefficients:
         raise ReparamError("give either --bpp or --coefficients, not both")
     if any(b <= 0 for b in args.bpp or []) or any(k <= 0 for k in args.coefficients or []):
         raise ReparamError("--bpp and --coefficients values must be positive")
     cfg = _config(args)
     x = _load(args)
+    if ("prnc" in codecs or "inr" in codecs) and not (args.bpp or args.coefficients):
+        # default budgets: 1/32 .. 1/4 of the dense network's Linear weights
+        from reparam.image.inr import build_inr, layer_sizes
+
+        sizes = layer_sizes(build_inr(cfg.inr, *x.shape))
+        args.coefficients = sorted({max(len(sizes), sum(sizes) // f) for f in (32, 16, 8, 4)})
     t0 = time.perf_counter()
     with output_dir(args.out, overwrite=args.overwrite) as work:
         result = rd.sweep(x, codecs=codecs, bpps=args.bpp or (), coefficients=args.coefficients or (), cfg=cfg,
@@ -254,7 +258,8 @@ def register(subparsers) -> None:
     r.add_argument("--codecs", default=",".join(("prnc", "inr", "jpeg", "webp")),
                    help="comma-separated: prnc, inr, jpeg, webp, jp2 (default prnc,inr,jpeg,webp)")
     r.add_argument("--bpp", type=float_list, default=None, help="target true bpp list for prnc (and inr)")
-    r.add_argument("--coefficients", type=int_list, default=None, help="k list for prnc")
+    r.add_argument("--coefficients", type=int_list, default=None,
+                   help="k list for prnc (default without --bpp: 1/32, 1/16, 1/8, 1/4 of the dense network)")
     _add_codec_args(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     r.add_argument("--print-json", action="store_true", help="print the comparison rows as JSON")

@@ -187,7 +187,9 @@ def encode(image: torch.Tensor, k: int, config: CodecConfig | None = None, *, pr
     t0 = time.perf_counter()
     sizes = layer_sizes(build_inr(cfg.inr, c, h, w))
     budgets = split_budget(int(k), sizes, cfg.budget_rule)
-    torch.manual_seed(cfg.seed)  # nothing random is drawn from the global RNG; kept for safety
+    # nn.Linear's own init draws from the global RNG before PRANC replaces those weights; seeding keeps the
+    # caller's random stream reproducible (the result does not depend on it)
+    torch.manual_seed(cfg.seed)
     model = pranc_inr(cfg.inr, c, h, w, budgets, cfg.seed, cfg.distribution)
     result = fit_inr(model, image, cfg.fit, progress=progress, label=f"encode k={k}")
     core = pranc_core(model)
