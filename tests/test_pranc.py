@@ -354,3 +354,18 @@ def test_bad_inputs(tmp_path):
     save_file(load_file(str(path)), str(tmp_path / "future.prnc"), metadata=meta)
     with pytest.raises(ReparamError, match="generator"):
         load_prnc(tmp_path / "future.prnc", Tiny())
+
+
+def test_materialized_block_cache_two_forwards_and_no_grad():
+    torch.manual_seed(0)
+    m = Tiny()
+    core = apply_pranc(m, PrancConfig(k=12, mode="materialized", init="l1-randn"))
+    x = torch.rand(4, 1, 4, 4)
+    m.train()
+    m(x).sum().backward()
+    g1 = core.alpha.grad.clone()
+    core.alpha.grad = None
+    with torch.no_grad():
+        m(x)                                  # a no-grad pass must not poison the next graph
+    (m(x).sum() + m(x).sum()).backward()      # two passes with the same alpha
+    assert torch.allclose(core.alpha.grad, 2 * g1, rtol=1e-5, atol=1e-6)

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     s.add_argument("--dense-lr", type=float, default=1e-3, help="Adam lr for dense/pruned/narrow models")
     s.add_argument("--model-options", default="{}")
     s.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
-    s.add_argument("--chunk", type=positive_int, default=256)
+    s.add_argument("--chunk", type=positive_int, default=64)
     s.set_defaults(func=cmd_sweep)
 
     a = sub.add_parser("ablate", help="wrong seed, top-|alpha| vs random subsets, fp16, distribution, "
@@ -85,7 +85,7 @@ def _add_pranc_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--k", type=int, required=True, help="number of coefficients")
     p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
-    p.add_argument("--chunk", type=positive_int, default=256, help="basis rows per chunk (streamed mode)")
+    p.add_argument("--chunk", type=positive_int, default=64, help="basis rows per chunk (streamed mode)")
     p.add_argument("--basis-seed", type=int, default=None, help="basis seed (default: --seed)")
     p.add_argument("--distribution", default="default-init", choices=["default-init", "gaussian"])
     p.add_argument("--sigma", type=float, default=None, help="Gaussian std (default: fan-in matched)")

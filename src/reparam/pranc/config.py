@@ -44,7 +44,7 @@ class PrancConfig:
     sigma: float | None = None
     budgets: None | str | dict[str, int] | list[int] = None
     mode: str = "materialized"
-    chunk: int = 256
+    chunk: int = 64
     init: str = "e0"
     include_bias: bool = True
     other_params: str = "train"

@@ -72,6 +72,7 @@ class PrancCoefficients(nn.Module):
         self.mode = "streamed"
         self.cache_policy = "block"      # "block": keep exact block weights; "none": layer by layer
         self._exact_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._train_cache: dict[int, tuple[tuple, torch.Tensor, set[int]]] = {}
 
     # -- basis ----------------------------------------------------------------------------------------
     @property
@@ -82,6 +83,7 @@ class PrancCoefficients(nn.Module):
         """Use another basis seed (the 'wrong seed' ablation); drops materialized basis and caches."""
         self.config.seed = int(seed)
         self._exact_cache.clear()
+        self._train_cache.clear()
         if self.mode == "materialized":
             self.set_mode("materialized")
 
@@ -92,42 +94,44 @@ class PrancCoefficients(nn.Module):
         return u.mul_(getattr(self, f"scale_{block}")[c0:c1])
 
     def basis_rows(self, block: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        if self.mode != "materialized":
-            return self.generate(block, r0, r1, c0, c1)
-        parts = []
-        for i, s in enumerate(self.segments):
-            if s.block != block or s.offset >= c1 or s.offset + s.numel <= c0:
-                continue
-            a, b = max(c0, s.offset), min(c1, s.offset + s.numel)
-            parts.append(getattr(self, f"basis_{i}")[r0:r1, a - s.offset:b - s.offset])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-    def _segment_basis(self, block: int, c0: int, c1: int) -> torch.Tensor | None:
-        """The materialized [k_b, n] matrix of exactly one segment (contiguous: fast gemv), if it is one."""
-        for i, s in enumerate(self.segments):
-            if s.block == block and s.offset == c0 and s.offset + s.numel == c1:
-                return getattr(self, f"basis_{i}")
-        return None
+        if self.mode == "materialized":
+            return getattr(self, f"basis_{block}")[r0:r1, c0:c1]
+        return self.generate(block, r0, r1, c0, c1)
 
     def set_mode(self, mode: str) -> None:
-        """Switch between materialized (basis in non-persistent buffers, one per tensor) and streamed."""
+        """Switch between materialized (one contiguous [k_b, d_b] non-persistent buffer per block, like the
+        official code's basis_mat) and streamed."""
         if mode not in ("materialized", "streamed"):
             raise ReparamError(f"unknown PRANC mode {mode!r}; allowed: materialized, streamed")
-        for i in range(len(self.segments)):
-            name = f"basis_{i}"
-            if name in self._buffers:
-                del self._buffers[name]
+        for b in self.blocks:
+            self._buffers.pop(f"basis_{b.index}", None)
+        self._train_cache.clear()
         self.mode = "streamed"
         if mode == "materialized":
-            for i, s in enumerate(self.segments):
-                k = self.blocks[s.block].k
-                full = torch.empty(k, s.numel, device=self.alpha.device)
-                step = max(1, min(k, (1 << 24) // max(1, s.numel)))
-                for r0 in range(0, k, step):
-                    full[r0:r0 + step] = self.generate(s.block, r0, min(k, r0 + step), s.offset,
-                                                       s.offset + s.numel)
-                self.register_buffer(f"basis_{i}", full, persistent=False)
+            for b in self.blocks:
+                full = torch.empty(b.k, b.d, device=self.alpha.device)
+                step = max(1, min(b.k, (1 << 24) // max(1, b.d)))
+                for r0 in range(0, b.k, step):
+                    full[r0:r0 + step] = self.generate(b.index, r0, min(b.k, r0 + step), 0, b.d)
+                self.register_buffer(f"basis_{b.index}", full, persistent=False)
         self.mode = mode
+
+    def train_segment(self, seg_index: int) -> torch.Tensor:
+        """Training-mode weights of one tensor, materialized mode: one gemv per block and forward pass.
+
+        The block's theta = alpha_b @ B_b is computed once and sliced for every tensor of the block (the
+        official algorithm's single matmul); a tensor asking twice (a second forward pass, weight sharing)
+        triggers a fresh computation. Reusing the node is safe either way: it is linear and saves nothing.
+        """
+        seg = self.segments[seg_index]
+        key = self._key() + (torch.is_grad_enabled(),)
+        hit = self._train_cache.get(seg.block)
+        if hit is None or hit[0] != key or seg_index in hit[2]:
+            theta = _BlockFn.apply(self.block_alpha(seg.block), self, seg.block)
+            hit = (key, theta, set())
+            self._train_cache[seg.block] = hit
+        hit[2].add(seg_index)
+        return hit[1][seg.offset:seg.offset + seg.numel].view(seg.shape)
 
     def block_alpha(self, block: int) -> torch.Tensor:
         b = self.blocks[block]
@@ -136,10 +140,7 @@ class PrancCoefficients(nn.Module):
     # -- training path (fast) ---------------------------------------------------------------------------
     def fast_columns(self, alpha_b: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
         if self.mode == "materialized":
-            b = self._segment_basis(block, c0, c1)
-            if b is None:
-                b = self.basis_rows(block, 0, alpha_b.shape[0], c0, c1)
-            return alpha_b @ b.to(alpha_b.dtype)
+            return alpha_b @ getattr(self, f"basis_{block}")[:, c0:c1].to(alpha_b.dtype)
         out = None
         k, step = alpha_b.shape[0], self.config.chunk
         for r0 in range(0, k, step):
@@ -151,10 +152,7 @@ class PrancCoefficients(nn.Module):
     def grad_columns(self, block: int, c0: int, c1: int, g: torch.Tensor) -> torch.Tensor:
         """dL/dalpha_b = B[:, c0:c1] @ g, chunk by chunk in streamed mode."""
         if self.mode == "materialized":
-            b = self._segment_basis(block, c0, c1)
-            if b is None:
-                b = self.basis_rows(block, 0, self.blocks[block].k, c0, c1)
-            return b.to(g.dtype) @ g
+            return getattr(self, f"basis_{block}")[:, c0:c1].to(g.dtype) @ g
         k, step = self.blocks[block].k, self.config.chunk
         out = torch.empty(k, dtype=g.dtype, device=g.device)
         for r0 in range(0, k, step):
@@ -215,6 +213,21 @@ class PrancCoefficients(nn.Module):
                 f"distribution={self.config.distribution}")
 
 
+class _BlockFn(torch.autograd.Function):
+    """alpha_b -> theta_b = alpha_b @ B_b (materialized); backward = B_b @ g."""
+
+    @staticmethod
+    def forward(ctx, alpha_b, core: PrancCoefficients, block: int):
+        ctx.core, ctx.block = core, block
+        with torch.no_grad():
+            return alpha_b.detach() @ getattr(core, f"basis_{block}").to(alpha_b.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        with torch.no_grad():
+            return getattr(ctx.core, f"basis_{ctx.block}").to(g.dtype) @ g.contiguous(), None, None
+
+
 class _SegmentFn(torch.autograd.Function):
     """alpha_b -> one tensor's weights; backward = B_seg @ g (regenerated chunk by chunk if streamed)."""
 
@@ -238,10 +251,10 @@ class _SegmentFn(torch.autograd.Function):
 class PrancTensor(nn.Module):
     """Parametrization of one basis tensor. Its `original` is an empty placeholder (nothing dense is kept)."""
 
-    def __init__(self, core: PrancCoefficients, seg: Segment):
+    def __init__(self, core: PrancCoefficients, seg: Segment, index: int):
         super().__init__()
         object.__setattr__(self, "_core", core)   # not a submodule: alpha must appear once in state_dict
-        self.seg = seg
+        self.seg, self.index = seg, index
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         core, seg = self._core, self.seg
@@ -250,6 +263,8 @@ class PrancTensor(nn.Module):
             if torch.is_grad_enabled() and core.alpha.requires_grad:
                 return _SegmentFn.apply(alpha_b, core, seg, True)
             return core.exact_segment(seg)
+        if core.mode == "materialized":
+            return core.train_segment(self.index)
         return _SegmentFn.apply(alpha_b, core, seg, False)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
@@ -293,9 +308,9 @@ def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: 
     if config.mode == "materialized":
         core.set_mode("materialized")
     modules = dict(model.named_modules())
-    for seg in segments:
+    for i, seg in enumerate(segments):
         m = modules[seg.module]
-        parametrize.register_parametrization(m, seg.tensor, PrancTensor(core, seg), unsafe=True)
+        parametrize.register_parametrization(m, seg.tensor, PrancTensor(core, seg, i), unsafe=True)
         getattr(m.parametrizations, seg.tensor).original.requires_grad_(False)
     if config.other_params == "freeze":
         for name, m in model.named_modules():

@@ -31,11 +31,12 @@ def run(ctx: ReproduceContext) -> MethodReport:
 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, ctx.threads))
-    epochs = 15 if ctx.quick else 40
-    seeds = [ctx.seed] if ctx.quick else list(range(ctx.seed, ctx.seed + ctx.seeds))
-    ks = [20, 100, 500] if ctx.quick else [20, 50, 100, 200, 500, 1000]
-    k_cmp = 100
-    splits = load_dataset("digits", seed=ctx.seed)
+    tiny = getattr(ctx, "tiny", False)
+    epochs = 1 if tiny else 15 if ctx.quick else 40
+    seeds = [ctx.seed] if ctx.quick or tiny else list(range(ctx.seed, ctx.seed + ctx.seeds))
+    ks = [10, 20, 40] if tiny else [20, 100, 500] if ctx.quick else [20, 50, 100, 200, 500, 1000]
+    k_cmp = ks[1]
+    splits = load_dataset("digits", seed=ctx.seed, train_subset=200 if tiny else None)
     spec = model_spec("mlp", splits, **MODEL_OPTIONS)
     setting = f"digits 8x8, MLP 64-64-32-10 (6,570 params), Adam, {epochs} epochs, seeds {seeds}"
     acc: dict[int, list[float]] = {k: [] for k in ks}
