@@ -95,6 +95,8 @@ def test_progressive_top_p(encoded):
             assert a[s][kept].abs().min() >= a[s][~kept].abs().max()
     with pytest.raises(ReparamError, match="percentage"):
         codec.decode(path, top=150)
+    assert codec.subset_bits([4], 0.5) == pytest.approx(np.log2(6))   # C(4, 2) = 6 choices
+    assert codec.subset_bits([10, 7], 1.0) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bpp_target_and_header_counted():

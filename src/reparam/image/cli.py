@@ -144,8 +144,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
             ("coefficients used", f"{dec.kept} of {sum(dec.header['budgets'])}"),
             ("decode time", f"{dec.seconds * 1000:.0f} ms")]
     if args.top is not None and args.top < 100:
+        side = codec.subset_bits(dec.header["budgets"], args.top / 100)
         rows.append(("progressive", f"largest {args.top:g}% per layer: {16 * dec.kept / (h * w):.4f} bpp of "
-                                    "coefficients (plus which ones were kept, not counted)"))
+                                    f"coefficients + {side / (h * w):.4f} bpp to say which "
+                                    f"(log2 C(k, n) per layer; header not counted)"))
     else:
         rows.append(("bit-exact", "yes (matches the encoder's CRC32)" if dec.bit_exact else
                      "NO: this machine's float arithmetic differs from the encoder's"))

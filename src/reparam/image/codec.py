@@ -278,6 +278,16 @@ def keep_top(model: nn.Module, fraction: float) -> int:
     return kept
 
 
+def subset_bits(budgets: list[int], fraction: float) -> float:
+    """Minimal side information (bits) to say which coefficients a top-`fraction` decode kept:
+    sum over layers of log2(C(k_b, n_b)), n_b = ceil(fraction * k_b) (the paper's progressive overhead)."""
+    bits = 0.0
+    for k in budgets:
+        n = max(1, int(math.ceil(fraction * k - 1e-9)))
+        bits += (math.lgamma(k + 1) - math.lgamma(n + 1) - math.lgamma(k - n + 1)) / math.log(2)
+    return bits
+
+
 @dataclass
 class Decoded:
     image: torch.Tensor               # uint8 [C, H, W]
