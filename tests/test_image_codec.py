@@ -239,12 +239,14 @@ def test_cli_bad_input_one_line_exit_2(case, words, tmp_path, capsys, encoded):
     assert not (tmp_path / "o.prnc").exists() and not (tmp_path / "o.png").exists()
 
 
-def test_palette_and_16bit_images_are_converted(tmp_path, capsys):
+def test_palette_16bit_and_jpeg_inputs(tmp_path, capsys):
     pal = tmp_path / "pal.png"
     Image.fromarray((image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)).convert("P").save(pal)
     g16 = tmp_path / "g16.png"
     Image.fromarray((np.arange(256).reshape(16, 16) * 250).astype(np.uint16)).save(g16)
-    for src, channels in ((pal, 3), (g16, 1)):
+    jpg = tmp_path / "photo.jpg"
+    Image.fromarray((image().permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(jpg, quality=90)
+    for src, channels in ((pal, 3), (g16, 1), (jpg, 3)):
         out = tmp_path / f"{src.stem}.prnc"
         rc, _, err = run(["image", "encode", str(src), "-o", str(out), "--coefficients", "20", *ARCH], capsys)
         assert rc == 0, err
