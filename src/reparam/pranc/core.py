@@ -198,6 +198,17 @@ class PrancCoefficients(nn.Module):
         with torch.no_grad():
             return torch.cat([self.exact_columns(b.index, 0, b.d) for b in self.blocks])
 
+    # -- distributed mode (reparam.pranc.distributed; the trainer calls these under torchrun) -------------------
+    shard = None   # a PrancShard while a multi-process Trainer.fit runs
+
+    def distributed_start(self, rank: int, world: int) -> None:
+        from reparam.pranc.distributed import PrancShard
+
+        self.shard = PrancShard(self, rank, world)
+
+    def distributed_end(self) -> None:
+        self.shard = None
+
     # -- bookkeeping -----------------------------------------------------------------------------------------
     @property
     def k(self) -> int:
@@ -263,6 +274,8 @@ class PrancTensor(nn.Module):
             if torch.is_grad_enabled() and core.alpha.requires_grad:
                 return _SegmentFn.apply(alpha_b, core, seg, True)
             return core.exact_segment(seg)
+        if core.shard is not None:   # several processes: each generates only its rows of the basis
+            return core.shard.segment(alpha_b, seg)
         if core.mode == "materialized":
             return core.train_segment(self.index)
         return _SegmentFn.apply(alpha_b, core, seg, False)
