@@ -200,7 +200,7 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
     `finalize(model, work_dir)` runs after training (best model restored) and may write method files and
     return extra metrics (e.g. the decomposed model's accuracy).
     """
-    from reparam.metrics import count_params
+    from reparam.metrics import count_dense_params
     from reparam.metrics.plots import training_curves
 
     config = config or config_from_args(args)
@@ -212,7 +212,7 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
                           optimizer=optimizer)
         t0 = time.perf_counter()
         result = trainer.fit(resume=args.resume)
-        params_total = count_params(model)
+        params_total = count_dense_params(model)
         metrics: dict[str, Any] = {
             "method": method, "model": args.model, "dataset": args.data, "seed": args.seed,
             "test_acc": result.test_acc, "val_acc": result.val_acc, "best_epoch": result.best_epoch,
