@@ -82,3 +82,17 @@ def test_state_mismatch_names_first_tensor(tmp_path):
 def test_atomic_write_leaves_no_temp_files(tmp_path):
     save_tensors(tmp_path / "x", _tensors(), "test")
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_edited_header_fails_crc(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    p = tmp_path / "x"
+    save_tensors(p, _tensors(), "test", {"seed": 7})
+    header = read_header(p)
+    header["seed"] = 8  # a tampered header with the old checksum
+    save_file(load_file(str(p)), str(p), metadata={"reparam": json.dumps(header)})
+    with pytest.raises(ReparamError, match="CRC32"):
+        load_tensors(p, "test")

@@ -22,3 +22,23 @@ def test_latency_and_memory(tmp_path):
     assert peak_rss_mb() > 10
     p = line_plot({"a": ([1, 2], [3, 4])}, tmp_path / "p.png", "x", "y")
     assert p.stat().st_size > 1000
+
+
+def test_dense_count_of_a_parametrized_model_is_the_plain_count():
+    from torch.nn.utils import parametrize
+
+    from reparam.metrics import count_dense_params
+
+    class LowRank(nn.Module):  # weight [7, 10] from two factors: 2*(7+10) numbers behind 70 weights
+        def __init__(self):
+            super().__init__()
+            self.u, self.v = nn.Parameter(torch.randn(7, 2)), nn.Parameter(torch.randn(2, 10))
+
+        def forward(self, w):
+            return self.u @ self.v
+
+    m = nn.Sequential(nn.Linear(10, 7), nn.Linear(7, 3))
+    plain = count_params(m)
+    parametrize.register_parametrization(m[0], "weight", LowRank())
+    assert count_dense_params(m) == plain
+    assert count_params(m) == plain + 14 + 20  # original weight + u + v

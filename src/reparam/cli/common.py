@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +12,10 @@ from typing import Any
 
 import torch
 
+from reparam.core import distributed as rd
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import save_model
-from reparam.core.outdir import output_dir, write_json
+from reparam.core.outdir import write_json
 from reparam.core.runtime import default_threads, seed_everything, set_threads
 from reparam.train import Callback, TrainConfig, Trainer
 
@@ -55,6 +58,20 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: $REPARAM_THREADS or 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_distributed_args(p)
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """Options that matter only under `torchrun --nproc-per-node N -m reparam ...` (docs/distributed.md)."""
+    g = p.add_argument_group("distributed (only under torchrun)")
+    g.add_argument("--dist-timeout", type=positive_float, default=rd.DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the others in a collective before failing with a "
+                        f"clear message (default {rd.DEFAULT_TIMEOUT_S:g})")
+    g.add_argument("--dist-backend", default="auto", choices=list(rd.BACKENDS),
+                   help="process-group backend; auto = gloo for CPU tensors, NCCL for CUDA tensors")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch of all processes, so N processes train "
+                        "like 1 (default: each process normalizes with its own share of the batch)")
 
 
 def add_data_args(p: argparse.ArgumentParser, data: str = "digits") -> None:
@@ -89,13 +106,28 @@ def add_train_args(p: argparse.ArgumentParser, *, model: str = "cnn", data: str 
 
 def setup_runtime(args: argparse.Namespace) -> None:
     set_threads(args.threads if getattr(args, "threads", None) else default_threads())
+    setup_distributed(args)
+
+
+def setup_distributed(args: argparse.Namespace) -> bool:
+    """Join torchrun's process group when launched by it (no-op otherwise, and when already joined).
+
+    Processes other than 0 stop printing to stdout (tables, progress), so a command's report appears once;
+    their stderr (errors, warnings) stays.
+    """
+    joined = rd.init_distributed(getattr(args, "dist_timeout", None), getattr(args, "dist_backend", "auto"))
+    if joined and not rd.is_main() and not getattr(sys.stdout, "_reparam_silenced", False):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        sys.stdout._reparam_silenced = True
+    return joined
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                       milestones=tuple(args.milestones), warmup_epochs=args.warmup, seed=args.seed,
-                      augment=args.augment, progress=not getattr(args, "no_progress", False))
+                      augment=args.augment, progress=not getattr(args, "no_progress", False),
+                      sync_bn=bool(getattr(args, "sync_bn", False)))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg.validate()
@@ -113,6 +145,13 @@ def load_splits(args: argparse.Namespace, **options: Any):
         raise ReparamError(f"--val-fraction {args.val_fraction} is not allowed; must be in (0, 1)")
     return load_dataset(args.data, seed=args.seed, root=args.data_root, val_fraction=args.val_fraction,
                         train_subset=subset, **options)
+
+
+def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
+    """The spec of an architecture for `splits`, in the same form as `model.build_args`."""
+    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
+            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
+            "options": options}
 
 
 def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
@@ -133,6 +172,7 @@ def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = Non
 
     model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=splits.image_size, mean=splits.mean, std=splits.std, **(model_options or {}))
+    args._model_spec = model.build_args
     return splits, model
 
 
@@ -160,17 +200,19 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
     `finalize(model, work_dir)` runs after training (best model restored) and may write method files and
     return extra metrics (e.g. the decomposed model's accuracy).
     """
-    from reparam.metrics import count_params
+    from reparam.metrics import count_dense_params
     from reparam.metrics.plots import training_curves
 
     config = config or config_from_args(args)
     spec = getattr(model, "build_args", {"name": args.model})
-    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+    setup_distributed(args)
+    main = rd.is_main()   # under torchrun only process 0 writes files and prints; the others get a scratch dir
+    with rd.distributed_output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
         trainer = Trainer(model, splits, config, callbacks=callbacks, out_dir=work, param_groups=param_groups,
                           optimizer=optimizer)
         t0 = time.perf_counter()
         result = trainer.fit(resume=args.resume)
-        params_total = count_params(model)
+        params_total = count_dense_params(model)
         metrics: dict[str, Any] = {
             "method": method, "model": args.model, "dataset": args.data, "seed": args.seed,
             "test_acc": result.test_acc, "val_acc": result.val_acc, "best_epoch": result.best_epoch,
@@ -178,17 +220,21 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
             "params_stored": params_stored if params_stored is not None else params_total,
             "bytes_stored": bytes_stored if bytes_stored is not None else 4 * params_total,
             "train_seconds": result.train_seconds, "epochs": result.epochs,
-            "threads": torch.get_num_threads(), "config": config.to_dict(),
+            "threads": torch.get_num_threads(), "config": config.to_dict(), **rd.describe(),
         }
         metrics.update(extra or {})
         if finalize is not None:
             metrics.update(finalize(model, work) or {})
-        if save_model_file:
+        if save_model_file and main:
             save_model(work / "model.safetensors", model, {"model_spec": spec, "method": method})
         (work / "checkpoint.safetensors").unlink(missing_ok=True)
-        training_curves(result.history, work / "curves.png", title=f"{method} {args.model} on {args.data}")
+        if main:
+            training_curves(result.history, work / "curves.png", title=f"{method} {args.model} on {args.data}")
         metrics["wall_seconds"] = time.perf_counter() - t0
-        write_json(work / "metrics.json", metrics)
+        if main:
+            write_json(work / "metrics.json", metrics)
+    if not main:
+        return metrics
     print_table(f"{method}: {args.model} on {args.data} (seed {args.seed})",
                 [("test accuracy", metrics["test_acc"]), ("val accuracy", metrics["val_acc"]),
                  ("parameters (dense)", metrics["params_total"]), ("numbers stored", metrics["params_stored"]),

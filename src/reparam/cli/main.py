@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        from reparam.cli.common import setup_distributed
+
+        setup_distributed(args)  # joins torchrun's process group before any command opens its output folder
         rc = args.func(args)
     except (ReparamError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The header lives in the safetensors metadata under the key "reparam" and always holds:
   format: "reparam", format_version, kind (e.g. "model", "checkpoint", "pranc", "mask"),
-  tensors: {name: [dtype, shape]}, crc32 (of the tensors' bytes in sorted-name order),
+  tensors: {name: [dtype, shape]}, crc32 (of the tensors' bytes in sorted-name order, then of the
+  header's own JSON without the crc32 field, so an edited header is caught as well as edited tensors),
 plus whatever the caller adds. Writes are atomic (temporary file + rename).
 """
 
@@ -37,6 +38,11 @@ def _crc32(tensors: dict[str, torch.Tensor]) -> int:
     return crc
 
 
+def _header_crc(header: dict[str, Any], crc: int) -> int:
+    rest = {k: v for k, v in header.items() if k != "crc32"}
+    return zlib.crc32(json.dumps(rest, sort_keys=True).encode(), crc)
+
+
 def _describe(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
     return {k: [str(v.dtype).replace("torch.", ""), list(v.shape)] for k, v in sorted(tensors.items())}
 
@@ -66,7 +72,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
     full.update(header or {})
     full["tensors"] = _describe(tensors)
-    full["crc32"] = _crc32(tensors)
+    full["crc32"] = _header_crc(full, _crc32(tensors))
     data = st_save(tensors, metadata={"reparam": json.dumps(full, sort_keys=True)})
     atomic_write_bytes(path, data)
     return full
@@ -112,7 +118,7 @@ def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
         raise ReparamError(f"{path}: truncated or corrupted tensor data ({type(e).__name__})") from None
     if _describe(tensors) != header.get("tensors"):
         raise ReparamError(f"{path}: tensors do not match the header's names/shapes/dtypes")
-    if _crc32(tensors) != header.get("crc32"):
+    if _header_crc(header, _crc32(tensors)) != header.get("crc32"):
         raise ReparamError(f"{path}: CRC32 mismatch, the file is corrupted")
     return tensors, header
 

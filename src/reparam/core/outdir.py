@@ -17,9 +17,22 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-@contextmanager
 def output_dir(out: str | Path, overwrite: bool = False, resume: bool = False):
     """Yield the working folder OUT.partial; on success move it to OUT.
+
+    Under torchrun, process 0 owns the folder and the others write into private scratch folders
+    (reparam.core.distributed.distributed_output_dir), so method code never needs rank checks.
+    """
+    from reparam.core import distributed
+
+    if distributed.is_distributed():
+        return distributed.distributed_output_dir(out, overwrite=overwrite, resume=resume)
+    return local_output_dir(out, overwrite=overwrite, resume=resume)
+
+
+@contextmanager
+def local_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False):
+    """Single-process form of output_dir: work in OUT.partial, rename it to OUT on success.
 
     A failed run leaves OUT untouched; its OUT.partial keeps checkpoints so `resume=True` continues it.
     """

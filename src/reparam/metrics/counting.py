@@ -14,6 +14,25 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def count_dense_params(model: torch.nn.Module) -> int:
+    """Weights of the equivalent plain model: a parametrized tensor counts with the shape of the weight it
+    produces, not of the tensors behind it. Parameters outside any layer's parametrization (e.g. a global
+    coefficient vector) are counted as they are; such methods pass their dense count explicitly.
+    """
+    from torch.nn.utils import parametrize
+
+    total = 0
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False))
+        total += sum(p.numel() for p in own.values())
+        if parametrize.is_parametrized(module):
+            total += sum(getattr(module, name).numel() for name in module.parametrizations.keys())
+    # originals live in module.parametrizations.<name> (a ParametrizationList) and were counted above
+    originals = sum(p.numel() for m in model.modules() if parametrize.is_parametrized(m)
+                    for p in m.parametrizations.parameters())
+    return total - originals
+
+
 def bytes_of(tensors, bits: int = 32) -> int:
     """Bytes needed for the given tensors (or a count of numbers) at `bits` per number."""
     n = tensors if isinstance(tensors, int) else sum(t.numel() for t in tensors)

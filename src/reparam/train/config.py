@@ -31,6 +31,9 @@ class TrainConfig:
     select_on: str = "val"         # model selection split: "val" or "last" (never test)
     progress: bool = True
     checkpoint: bool = True        # write OUT/checkpoint.* after every epoch when out_dir is set
+    # Only used under torchrun (several processes); see docs/distributed.md.
+    sync_bn: bool = False          # BatchNorm statistics over the global batch (N processes == 1 process)
+    find_unused_parameters: bool = True   # DDP: allow parameters some forward passes do not use
 
     def validate(self) -> TrainConfig:
         if not isinstance(self.epochs, int) or self.epochs < 1:

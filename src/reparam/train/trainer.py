@@ -16,12 +16,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reparam.core import distributed as rd
 from reparam.core.errors import ReparamError, TrainingDiverged
 from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import derive_seed
 from reparam.train.callbacks import Callback
 from reparam.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from reparam.train.config import TrainConfig
+from reparam.train.distributed import DistributedRun
 from reparam.train.optim import default_param_groups, make_optimizer, make_scheduler
 
 
@@ -77,12 +79,18 @@ class Trainer:
         self.best_epoch = 0
         self.train_seconds = 0.0
         self.stop_training = False
+        # Several processes (torchrun): sharded batches, DDP forward, rank-0 files. None in one process.
+        self.dist = DistributedRun.maybe(self)
 
     # -- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str = "val", model: torch.nn.Module | None = None) -> dict[str, float]:
         model = model or self.model
         x_all, y_all = getattr(self.data, split).tensors
+        n_total = len(y_all)
+        if self.dist is not None:   # each process evaluates its share; the sums are added up
+            a, b = self.dist.eval_range(n_total)
+            x_all, y_all = x_all[a:b], y_all[a:b]
         was_training = model.training
         model.eval()
         correct, loss_sum = 0, 0.0
@@ -92,7 +100,9 @@ class Trainer:
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
         model.train(was_training)
-        n = max(1, len(y_all))
+        if self.dist is not None:
+            correct, loss_sum = self.dist.reduce_eval(correct, loss_sum)
+        n = max(1, n_total)
         return {"acc": correct / n, "loss": loss_sum / n}
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -101,7 +111,7 @@ class Trainer:
         return self.out_dir / CHECKPOINT if self.out_dir is not None else None
 
     def _save(self) -> None:
-        if self.checkpoint_path is None or not self.config.checkpoint:
+        if self.checkpoint_path is None or not self.config.checkpoint or not rd.is_main():
             return
         info = {"epoch": self.epoch, "global_step": self.global_step, "best_val": self.best_val,
                 "best_epoch": self.best_epoch, "history": self.history, "train_seconds": self.train_seconds,
@@ -110,10 +120,16 @@ class Trainer:
                         info)
 
     def _try_resume(self) -> None:
-        path = self.checkpoint_path
+        path, temporary = self.checkpoint_path, False
+        if self.dist is not None:   # process 0's checkpoint, whatever the others' out_dir holds
+            path, temporary = self.dist.fetch_checkpoint(path)
         if path is None or not path.exists():
             return
-        self.best_state, h = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        try:
+            self.best_state, h = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        finally:
+            if temporary:
+                path.unlink(missing_ok=True)
         self.epoch, self.global_step = h["epoch"], h["global_step"]
         self.best_val, self.best_epoch = h["best_val"], h["best_epoch"]
         self.history, self.train_seconds = h["history"], h["train_seconds"]
@@ -121,7 +137,7 @@ class Trainer:
             cb.load_state_dict(state)
 
     def _write_log(self) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and rd.is_main():
             atomic_write_text(self.out_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- training -----------------------------------------------------------------------------------
@@ -132,27 +148,42 @@ class Trainer:
         x_all, y_all = self.data.train.tensors
         order = torch.randperm(len(y_all), generator=g)
         self.model.train()
+        forward = self.dist.forward_model if self.dist is not None else self.model
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             if self.augment is not None:
                 x = self.augment(x, g)
+            if self.dist is not None:   # the global batch was drawn (and augmented) identically everywhere
+                part, scale, dummy = self.dist.local_slice(len(y))
+                x, y = x[part], y[part]
             for cb in self.callbacks:
                 x, y = cb.before_forward(self, x, y)
-            logits = self.model(x)
+            logits = forward(x)
             loss = self.loss_fn(logits, y)
             for cb in self.callbacks:
                 extra = cb.extra_loss(self, logits, x, y)
                 if extra is not None:
                     loss = loss + extra
-            if not torch.isfinite(loss):
+            batch_loss, batch_correct, batch_n = (loss.item() * len(y),
+                                                  (logits.detach().argmax(1) == y).sum().item(), len(y))
+            if self.dist is not None:   # global numbers, so every process agrees on divergence too
+                batch_loss, batch_correct, batch_n = self.dist.reduce_stats(
+                    *((0.0, 0, 0) if dummy else (batch_loss, batch_correct, batch_n)))
+            if not math.isfinite(batch_loss):
                 where = (f"; last good checkpoint: {self.checkpoint_path} (epoch {self.epoch})"
                          if self.checkpoint_path is not None and self.checkpoint_path.exists() else "")
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {self.epoch + 1}, step "
-                                       f"{self.global_step + 1}; try a lower learning rate{where}")
+                raise TrainingDiverged(f"loss became {batch_loss / max(1, batch_n)} at epoch {self.epoch + 1}, "
+                                       f"step {self.global_step + 1}; try a lower learning rate{where}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.dist is not None:
+                # DDP averages gradients over processes; the scale makes that the global batch's mean.
+                with rd.guard("averaging gradients"):
+                    (loss * scale).backward()
+                self.dist.after_backward()
+            else:
+                loss.backward()
             for cb in self.callbacks:
                 cb.after_backward(self)
             self.optimizer.step()
@@ -160,19 +191,30 @@ class Trainer:
             self.global_step += 1
             for cb in self.callbacks:
                 cb.after_step(self)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum().item()
-            seen += len(y)
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += batch_n
             progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
 
     def fit(self, resume: bool = True) -> TrainResult:
+        # Under torchrun a lost peer (DDP's own collectives included) ends in one clear line, not a hang.
+        try:
+            with rd.guard("training"):
+                return self._fit(resume)
+        finally:
+            if self.dist is not None:
+                self.dist.finish()
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg = self.config
         if resume:
             self._try_resume()
+        if self.dist is not None:
+            self.dist.wrap()
         for cb in self.callbacks:
             cb.on_train_start(self)
-        with _progress(cfg.progress) as progress:
+        with _progress(cfg.progress and rd.is_main()) as progress:
             while self.epoch < cfg.epochs and not self.stop_training:
                 task = progress.add_task(f"epoch {self.epoch + 1}/{cfg.epochs}", total=self.steps_per_epoch,
                                          info="")
@@ -181,6 +223,8 @@ class Trainer:
                 record.update(self._train_epoch(progress, task))
                 seconds = time.perf_counter() - t0
                 self.train_seconds += seconds
+                if self.dist is not None:
+                    self.dist.sync_buffers()
                 val = self.evaluate("val")
                 record.update(val_acc=val["acc"], val_loss=val["loss"], lr=self.optimizer.param_groups[0]["lr"],
                               seconds=seconds)
@@ -192,7 +236,7 @@ class Trainer:
                     cb.on_epoch_end(self, self.epoch, record)
                 self.history.append(record)
                 progress.remove_task(task)
-                if cfg.progress:
+                if cfg.progress and rd.is_main():
                     progress.console.print(
                         f"epoch {self.epoch:>3}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                         f"train {record['train_acc']:.4f}  val {val['acc']:.4f}  {seconds:.1f}s")
@@ -201,6 +245,8 @@ class Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         test = self.evaluate("test")
+        if self.dist is not None:
+            self.dist.finish()
         for cb in self.callbacks:
             cb.on_train_end(self)
         return TrainResult(val_acc=self.best_val, test_acc=test["acc"], best_epoch=self.best_epoch,

@@ -1,0 +1,357 @@
+"""`reparam compander train | compare | grid`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reparam.cli.common import (
+    add_data_args,
+    add_runtime_args,
+    add_train_args,
+    build_from_spec,
+    config_from_args,
+    positive_float,
+    positive_int,
+    prepare,
+    setup_runtime,
+    train_and_report,
+)
+from reparam.compander.experiments import (
+    DataSpec,
+    grid_select,
+    grid_values,
+    markdown_tables,
+    run_many,
+    summarize,
+)
+from reparam.compander.parametrization import fold, learned_scales
+from reparam.compander.stats import percentile_plot
+from reparam.compander.variants import parse_variant, setup_variant
+from reparam.core.errors import ReparamError
+from reparam.core.outdir import output_dir, write_json
+from reparam.core.parametrize import exclude
+
+# The spec's §6.3 digits protocol: SGD m=0.9, lr 0.1 x0.2 at 30/60/80% of training, batch 64, wd 5e-4,
+# random +-1 pixel shift. Milestones are given as fractions so that --epochs rescales them.
+PROTOCOL = dict(epochs=60, lr=0.1, batch_size=64, weight_decay=5e-4, schedule="multistep", augment="shift1")
+MILESTONE_FRACTIONS = (0.3, 0.6, 0.8)
+
+
+def _add_protocol_defaults(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(**PROTOCOL)
+    p.add_argument("--gamma", type=positive_float, default=0.2, help="lr factor at each milestone (default 0.2)")
+
+
+def _add_wc_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compander")
+    g.add_argument("--a", type=positive_float, default=None,
+                   help="output scale a; bound a*pi/2 (default 0.8 fixed, 0.5 learnable)")
+    g.add_argument("--b", type=positive_float, default=None,
+                   help="input stretch b; Psi'(0)=a/b (default 0.5 fixed, 1.0 learnable)")
+    g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
+    g.add_argument("--learnable", default=None, choices=["fine", "coarse"],
+                   help="learn (a, b) per layer (fine) or one shared pair (coarse)")
+    g.add_argument("--positivity", default="softplus", choices=["abs", "softplus"],
+                   help="how learnable a, b stay positive (default softplus(x)+1e-3; abs: |x| clamped at 1e-3)")
+    g.add_argument("--decay", default="auto", choices=["auto", "psi", "v", "none"],
+                   help="weight decay on Psi(v) (fixed default) or on v (learnable default)")
+    g.add_argument("--modified-adam", action="store_true",
+                   help="Powerprop-style Adam: moments on dL/dw, step times Psi'(v) (uses --lr)")
+    g.add_argument("--clamp-init", action="store_true",
+                   help="clamp initial weights beyond the bound (with a warning) instead of an error")
+    g.add_argument("--exclude", default="", help="comma-separated layer names (or prefixes) left plain")
+    g.add_argument("--baseline", default=None, choices=["plain", "wn", "pp"],
+                   help="train a baseline in the same harness instead of the compander")
+    g.add_argument("--alpha", type=positive_float, default=2.0, help="Powerpropagation alpha (default 2)")
+
+
+def _milestones(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.milestones:
+        return tuple(args.milestones)
+    return tuple(max(1, int(round(f * args.epochs))) for f in MILESTONE_FRACTIONS)
+
+
+def _config(args: argparse.Namespace):
+    return config_from_args(args, milestones=_milestones(args), gamma=args.gamma)
+
+
+def variant_from_args(args: argparse.Namespace) -> str:
+    if args.baseline:
+        return {"plain": "plain", "wn": "wn", "pp": f"pp:alpha={args.alpha:g}"}[args.baseline]
+    learn = args.learnable
+    a = args.a if args.a is not None else (0.5 if learn else 0.8)
+    b = args.b if args.b is not None else (1.0 if learn else 0.5)
+    parts = [f"wc:a={a:g}:b={b:g}"]
+    if args.fn != "arctan":
+        parts.append(f"fn={args.fn}")
+    if learn:
+        parts.append(f"learnable={learn}")
+    if args.positivity != "softplus":
+        parts.append(f"positivity={args.positivity}")
+    if args.decay != "auto":
+        parts.append(f"decay={args.decay}")
+    if args.modified_adam:
+        parts.append("opt=madam")
+    if args.clamp_init:
+        parts.append("clamp=1")
+    return ":".join(parts)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser("compander", help="Weight Compander: w = a*arctan(v/b) on every weight",
+                         description="Weight Compander (arXiv 2306.16993): train through w = a*f(v/b), "
+                                     "fold to a plain model, compare with baselines.")
+    cmds = top.add_subparsers(dest="compander_command", metavar="COMMAND", parser_class=type(top))
+
+    p = cmds.add_parser("train", help="train with the compander (or a baseline); writes the folded model",
+                        description="Train, fold the parametrization away and write OUT/model.safetensors "
+                                    "(plain architecture), metrics.json, log.jsonl, curves.png, percentiles.png.")
+    add_train_args(p)
+    _add_protocol_defaults(p)
+    _add_wc_args(p)
+    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn, mlp, ...)")
+    p.set_defaults(func=run_train)
+
+    c = cmds.add_parser("compare", help="variants x seeds: mean, std and paired differences",
+                        description="Train every variant on every seed (same split per seed, so paired) and "
+                                    "write OUT/summary.md, OUT/results.json and percentile plots.")
+    _add_multi_args(c)
+    c.add_argument("--variants", default="plain,wc,wn,pp",
+                   help="comma-separated variants, e.g. plain,wc:a=0.8:b=0.5,wc-fine,wn,pp:alpha=2 "
+                        "(aliases: wc-fine, wc-coarse, wc-asinh, wc-erf, wc-decay-v, wc-adam, wc-madam)")
+    c.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 (default 5)")
+    c.set_defaults(func=run_compare)
+
+    g = cmds.add_parser("grid", help="(a, b) grid search on the validation split (paper: one seed)",
+                        description="Train fixed WC for every (a, b) and select the pair with the best "
+                                    "validation accuracy (mean over --seeds). Test accuracy is reported only.")
+    _add_multi_args(g)
+    g.add_argument("--a", dest="a_values", default="0.5:1.0:0.1", help="a values: start:stop:step or list")
+    g.add_argument("--b", dest="b_values", default="0.5:1.0:0.1", help="b values: start:stop:step or list")
+    g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
+    g.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 averaged (paper: 1)")
+    g.set_defaults(func=run_grid)
+    r = cmds.add_parser("summarize", help="print the tables of a finished compare folder again",
+                        description="Re-read OUT/results.json of `compare` and print its markdown tables.")
+    r.add_argument("folder")
+    r.set_defaults(func=run_summarize)
+    top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
+
+
+def _add_multi_args(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--epochs", type=positive_int, default=PROTOCOL["epochs"])
+    p.add_argument("--batch-size", type=positive_int, default=PROTOCOL["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=PROTOCOL["lr"])
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--schedule", default="multistep", choices=["constant", "step", "multistep", "cosine"])
+    p.add_argument("--milestones", default=[], type=lambda s: [int(t) for t in s.split(",") if t.strip()])
+    p.add_argument("--gamma", type=positive_float, default=0.2)
+    p.add_argument("--weight-decay", type=float, default=PROTOCOL["weight_decay"])
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--augment", default=PROTOCOL["augment"])
+    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn)")
+    p.add_argument("--resize", type=positive_int, default=None, help="resize images to NxN (bilinear)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--resume", action="store_true", help="reuse runs cached in OUT.partial/runs")
+    add_runtime_args(p)
+
+
+def _spec(args: argparse.Namespace) -> DataSpec:
+    subset = args.train_subset
+    if subset is not None:
+        if subset <= 0:
+            raise ReparamError(f"--train-subset {subset} is not allowed; use a count >= 1 or a fraction in (0, 1)")
+        subset = int(subset) if subset >= 1 else subset
+    opts: dict[str, Any] = {}
+    if args.width is not None:
+        opts["width"] = args.width
+    return DataSpec(data=args.data, model=args.model, data_root=args.data_root, train_subset=subset,
+                    val_fraction=args.val_fraction, resize=args.resize, model_options=opts)
+
+
+def _check_data(spec: DataSpec) -> None:
+    """Fail on a bad dataset/model name before any folder is created."""
+    from reparam.compander.experiments import load
+
+    load(spec, 0)
+
+
+# -- train -----------------------------------------------------------------------------------------------
+
+def run_train(args: argparse.Namespace) -> int:
+    variant = parse_variant(variant_from_args(args))
+    config = _config(args)
+    splits, model = prepare(args, {"width": args.width} if args.width is not None else None)
+    names = [n.strip() for n in args.exclude.split(",") if n.strip()]
+    filter_fn = exclude(*names) if names else None
+    setup = setup_variant(model, variant, config, filter_fn=filter_fn, check_every_step=True)
+    from reparam.metrics import count_flops, count_params
+
+    plain_ref = build_from_spec(model.build_args)
+    x_test = splits.test.tensors[0][:256]
+
+    def finalize(model: torch.nn.Module, work: Path) -> dict[str, Any]:
+        model.eval()
+        with torch.no_grad():
+            before = model(x_test)
+        scales = learned_scales(model)
+        fold(model)
+        with torch.no_grad():
+            after = model(x_test)
+        shape = (1, *x_test.shape[1:])
+        extra = {
+            "variant": variant.label, "variant_info": setup.info, "learned_scales": scales,
+            "fold_max_abs_diff": float((after - before).abs().max()),
+            "params_folded": count_params(model), "params_plain": count_params(plain_ref),
+            "flops_folded": count_flops(model, shape), "flops_plain": count_flops(plain_ref, shape),
+        }
+        hist = setup.stats.history(trainer_history(work))
+        if hist:
+            percentile_plot(hist, work / "percentiles.png", title=f"{variant.label}: first layer weights")
+            last = hist[-1]["wstats"]
+            extra.update(w_max_abs_final=last["max_abs"], w_near0_final=last["near0"],
+                         w_worst_bound_ratio=max((r.get("w_worst_bound_ratio", 0.0) for r in
+                                                  trainer_history(work)), default=None))
+        return extra
+
+    n_plain = count_params(plain_ref)
+    train_and_report(args, method=f"compander/{variant.kind}", model=model, splits=splits,
+                     callbacks=setup.callbacks, param_groups=setup.param_groups, optimizer=setup.optimizer,
+                     config=setup.config, finalize=finalize, params_stored=n_plain, bytes_stored=4 * n_plain)
+    return 0
+
+
+def trainer_history(work: Path) -> list[dict]:
+    path = work / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- compare ---------------------------------------------------------------------------------------------
+
+def _multi_config(args: argparse.Namespace):
+    from reparam.train import TrainConfig
+
+    ms = tuple(args.milestones) or tuple(max(1, int(round(f * args.epochs))) for f in MILESTONE_FRACTIONS)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                       milestones=ms, gamma=args.gamma, warmup_epochs=args.warmup,
+                       augment=None if args.augment in (None, "", "none") else args.augment).validate()
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    setup_runtime(args)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise ReparamError("--variants is empty; give e.g. plain,wc,wn,pp")
+    for v in variants:
+        parse_variant(v)
+    if len(set(variants)) != len(variants):
+        raise ReparamError(f"--variants lists a variant twice: {args.variants}")
+    spec = _spec(args)
+    config = _multi_config(args)
+    _check_data(spec)
+    seeds = list(range(args.seeds))
+    t0 = time.perf_counter()
+    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+        jobs = [(v, s) for s in seeds for v in variants]  # seed-major: partial results are paired
+        results = run_many(jobs, spec, config, work / "runs", progress=not args.no_progress)
+        summary = summarize(results, variants)
+        _compare_plots(results, variants, work)
+        header = (f"{spec.describe()}; {args.epochs} epochs, {config.optimizer} lr {config.lr}, "
+                  f"milestones {list(config.milestones)} x{config.gamma}, batch {config.batch_size}, "
+                  f"wd {config.weight_decay}, augment {config.augment}; seeds {seeds}; "
+                  f"n_train={results[0]['n_train']}, n_val={results[0]['n_val']}, n_test={results[0]['n_test']}")
+        md = markdown_tables(summary, title=header)
+        from reparam.core.fileformat import atomic_write_text
+
+        atomic_write_text(work / "summary.md", md)
+        write_json(work / "results.json", {"setting": header, "variants": variants, "seeds": seeds,
+                                           "summary": summary, "runs": results,
+                                           "wall_seconds": time.perf_counter() - t0})
+    print(md)
+    return 0
+
+
+def _compare_plots(results: list[dict], variants: list[str], work: Path) -> None:
+    """Fig. 3/4-style first-layer percentiles for seed 0: each variant next to the plain baseline."""
+    by = {(r["variant"], r["seed"]): r for r in results}
+    base = next((v for v in variants if parse_variant(v).kind == "plain"), None)
+    seed = min(r["seed"] for r in results)
+
+    def hist(v: str) -> list[dict]:
+        r = by[(v, seed)]
+        rec = []
+        for epoch, pct in r["first_layer_pct"]:
+            layer = {"pct": pct}
+            if r["first_layer_bound"] is not None:
+                layer["bound"] = r["first_layer_bound"]
+            rec.append({"epoch": epoch, "wstats": {"layers": {r["first_layer"]: layer}}})
+        return rec
+
+    for v in variants:
+        if v == base or (v, seed) not in by:
+            continue
+        name = "percentiles_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in v) + ".png"
+        percentile_plot(hist(v), work / name, compare=hist(base) if base else None,
+                        labels=(v, base or ""), title=f"first-layer weights over epochs, seed {seed}")
+
+
+# -- grid ------------------------------------------------------------------------------------------------
+
+def run_grid(args: argparse.Namespace) -> int:
+    setup_runtime(args)
+    a_values, b_values = grid_values(args.a_values), grid_values(args.b_values)
+    spec = _spec(args)
+    config = _multi_config(args)
+    _check_data(spec)
+    fn = "" if args.fn == "arctan" else f":fn={args.fn}"
+    labels = {(a, b): f"wc:a={a:g}:b={b:g}{fn}" for a in a_values for b in b_values}
+    seeds = list(range(args.seeds))
+    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+        jobs = [(labels[k], s) for s in seeds for k in labels]
+        results = run_many(jobs, spec, config, work / "runs", progress=not args.no_progress)
+        for r in results:  # grid_select matches on the plain label
+            r["variant"] = r["variant"].replace(fn, "") if fn else r["variant"]
+        sel = grid_select(results, a_values, b_values)
+        lines = [f"{spec.describe()}; fn {args.fn}; {args.epochs} epochs; seeds {seeds}; n_val="
+                 f"{results[0]['n_val']}. Cells: mean val acc % (test acc %). Best on val: "
+                 f"a={sel['best'][0]:g}, b={sel['best'][1]:g}"
+                 + (f" ({len(sel['ties'])} pairs tie on val)" if len(sel["ties"]) > 1 else ""), "",
+                 "| a \\ b | " + " | ".join(f"{b:g}" for b in b_values) + " |",
+                 "|---|" + "---|" * len(b_values)]
+        for a in a_values:
+            cells = []
+            for b in b_values:
+                c = sel["table"].get(f"{a:g},{b:g}")
+                cells.append("" if c is None else f"{100 * c['val']:.2f} ({100 * c['test']:.2f})")
+            lines.append(f"| {a:g} | " + " | ".join(cells) + " |")
+        md = "\n".join(lines) + "\n"
+        from reparam.core.fileformat import atomic_write_text
+
+        atomic_write_text(work / "grid.md", md)
+        write_json(work / "grid.json", {"selection": {**sel, "best": list(sel["best"]),
+                                                      "ties": [list(t) for t in sel["ties"]]},
+                                        "runs": results})
+    print(md)
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    path = Path(args.folder) / "results.json"
+    if not path.is_file():
+        raise ReparamError(f"{path} not found; give a folder written by `reparam compander compare`")
+    data = json.loads(path.read_text())
+    print(markdown_tables(summarize(data["runs"], data["variants"]), title=data["setting"]))
+    return 0
