@@ -228,7 +228,8 @@ def train_and_report(args: argparse.Namespace, *, method: str, model: torch.nn.M
         if save_model_file and main:
             save_model(work / "model.safetensors", model, {
                 "model_spec": spec, "method": method, "dataset": args.data, "seed": args.seed,
-                "train_subset": getattr(args, "train_subset", None), "val_fraction": getattr(args, "val_fraction", None)})
+                "train_subset": getattr(args, "train_subset", None),
+                "val_fraction": getattr(args, "val_fraction", None)})
         (work / "checkpoint.safetensors").unlink(missing_ok=True)
         if main:
             training_curves(result.history, work / "curves.png", title=f"{method} {args.model} on {args.data}")
