@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from reparam.core.errors import ReparamError
-from reparam.core.fileformat import load_tensors, read_header, save_tensors
+from reparam.core.fileformat import check_state_matches, load_tensors, read_header, save_tensors
 from reparam.pranc import generator
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import CANON_ROWS, PrancCoefficients, apply_pranc, fold_pranc, pranc_core
@@ -240,15 +240,7 @@ def load_prnc(path: str | Path, model: nn.Module | None = None, *, seed: int | N
         raise ReparamError(f"{path}: alpha has {alpha.numel()} coefficients, the layout needs {core.k}")
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
     expected = stored_state(model, core)
-    for name, t in expected.items():
-        if name not in state:
-            raise ReparamError(f"{path}: architecture mismatch: tensor {name!r} is missing from the file")
-        if tuple(state[name].shape) != tuple(t.shape):
-            raise ReparamError(f"{path}: architecture mismatch: tensor {name!r} has shape "
-                               f"{list(state[name].shape)} in the file, the model expects {list(t.shape)}")
-    extra = [n for n in state if n not in expected]
-    if extra:
-        raise ReparamError(f"{path}: architecture mismatch: the file has tensor {extra[0]!r} the model lacks")
+    check_state_matches(state, expected, f"{path}: architecture mismatch")
     with torch.no_grad():
         core.alpha.copy_(alpha.float())
         sd = model.state_dict()
