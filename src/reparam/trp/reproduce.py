@@ -133,8 +133,12 @@ def run(ctx: ReproduceContext) -> MethodReport:
                        f"{8 if tiny else 128}, "
                        f"32x32 input, 1 thread, median; channel {[round(x, 2) for x in lat[:len(lat) // 2]]}, "
                        f"spatial {[round(x, 2) for x in lat[len(lat) // 2:]]})",
-        measured_setting=setting, verdict="holds" if min(lat) > 1.0 else "inconclusive",
-        statistic="measured latency speed-up > 1 in every run (batch 128); smaller than FLOPs is expected",
+        measured_setting=setting,
+        # timings on a shared CPU vary by several percent between runs: a +-5% band keeps the verdict stable
+        verdict="holds" if statistics.mean(lat) >= 1.05 else "does not hold" if statistics.mean(lat) < 0.95
+        else "inconclusive",
+        statistic="mean measured latency speed-up over runs (batch 128): >= 1.05 holds, < 0.95 does not hold, "
+                  "in between inconclusive (timing noise band); smaller than FLOPs is expected",
         details={"latency": lat, "flops": fl}, command=cmd))
     series = {f"post-hoc TSVD {s}": ([x for x, _ in v], [y for _, y in v]) for s, v in sweep.items()}
     for s in ("channel", "spatial"):
