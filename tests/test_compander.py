@@ -182,7 +182,7 @@ def test_penalty_is_half_lambda_sum_w_squared():
     apply(model, CompanderConfig())
     wd = 1e-3
     expected = 0.5 * wd * sum(float(m.weight.detach().pow(2).sum()) for _, m, _ in compander_layers(model))
-    assert float(psi_decay_penalty(model, wd)) == pytest.approx(expected, rel=1e-6)
+    assert float(psi_decay_penalty(model, wd).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("learnable", [None, "fine"])
@@ -257,7 +257,7 @@ def test_learnable_b_stays_positive():
         comp.scale.b.fill_(-0.3)
         comp.scale.a.fill_(0.0)
     a, b = comp.scale.values()
-    assert float(b) == pytest.approx(0.3) and float(a) == pytest.approx(1e-3)
+    assert float(b.detach()) == pytest.approx(0.3) and float(a.detach()) == pytest.approx(1e-3)
     soft = tiny_cnn()
     apply(soft, CompanderConfig(a=0.5, b=1.0, learnable="fine"))  # default softplus
     _, _, comp = compander_layers(soft)[0]
