@@ -137,7 +137,7 @@ def test_cli_train_writes_folded_plain_model(tmp_path, capsys):
     plain = build_from_spec(read_header(out / "model.safetensors")["model_spec"])
     load_model_state(out / "model.safetensors", plain)  # loads into the un-reparameterized architecture
     bound = 0.8 * math.pi / 2
-    assert all(float(p.abs().max()) < bound for n, p in plain.named_parameters() if n.endswith("weight")
+    assert all(float(p.detach().abs().max()) < bound for n, p in plain.named_parameters() if n.endswith("weight")
                and p.ndim > 1)
 
 
