@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from reparam.core.claims import ReproduceContext
-    from reparam.reproduce.report import SUMMARY_HEAD, summary_rows, write_report
+    from reparam.reproduce.report import summary_rows, write_report
     from reparam.reproduce.runner import run_reproduce
 
     setup_runtime(args)
@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     write_report(out, results, meta)
     from rich.table import Table
 
+    # the terminal gets the short columns; what is stored and the settings are in the report
     table = Table(title="reparam reproduce: summary")
-    for h in SUMMARY_HEAD:
+    for h in ("method", "accuracy vs dense", "train time vs dense", "claims"):
         table.add_column(h)
     for row in summary_rows(results):
-        table.add_row(*row)
+        table.add_row(row[0], row[2], row[3], row[4])
     console.print(table)
     console.print(f"report: {out / 'report.md'} (also report.html, results.json)")
     return 0
