@@ -30,6 +30,16 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be >= 0")
+    return v
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)

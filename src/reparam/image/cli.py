@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 
-from reparam.cli.common import add_runtime_args, float_list, int_list, positive_float, positive_int, print_table
+from reparam.cli.common import (
+    add_runtime_args,
+    float_list,
+    int_list,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    print_table,
+)
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import atomic_write_bytes
 from reparam.core.outdir import output_dir, write_json
@@ -36,16 +44,6 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be >= 0")
-    return v
-
-
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="a PNG/JPEG path or a bundled scikit-image name (astronaut, camera, coffee, ...)")
     p.add_argument("--size", type=_size, default=None,
@@ -64,8 +62,8 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
                    help=f"Fourier frequencies M (2M features; default {d.fourier})")
     g.add_argument("--sigma", type=positive_float, default=d.sigma,
                    help=f"Fourier scale, coordinates in [-1, 1] (default {d.sigma})")
-    g.add_argument("--fourier-seed", type=_nonneg_int, default=0, help="seed of the Fourier matrix (stored)")
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="PRANC basis seed (stored)")
+    g.add_argument("--fourier-seed", type=nonneg_int, default=0, help="seed of the Fourier matrix (stored)")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="PRANC basis seed (stored)")
     g.add_argument("--budget-rule", choices=codec.BUDGET_RULES, default="even",
                    help="split of the coefficients over layers (default even, capped at each layer's size)")
     g.add_argument("--steps", type=positive_int, default=f.steps, help=f"Adam steps (default {f.steps})")
