@@ -20,24 +20,23 @@ from reparam.core.runtime import default_threads, seed_everything, set_threads
 from reparam.train import Callback, TrainConfig, Trainer
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; a positive integer is allowed") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be a positive integer")
-    return v
+def _int_at_least(minimum: int, allowed: str):
+    """An argparse type: an integer >= minimum; the error names the value and what is allowed."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; {allowed} is allowed") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} is not allowed; must be {allowed}")
+        return v
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed; must be >= 0")
-    return v
+positive_int = _int_at_least(1, "a positive integer")
+nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:

@@ -16,12 +16,6 @@ class TrainingDiverged(Exception):
     exit_code = 3
 
 
-def check(condition: bool, message: str) -> None:
-    """Raise ReparamError(message) unless condition holds."""
-    if not condition:
-        raise ReparamError(message)
-
-
 def choose(name: str, allowed, what: str):
     """Return `name` if it is one of `allowed` (a dict or iterable of names), else a clear error."""
     names = list(allowed.keys()) if isinstance(allowed, dict) else list(allowed)
