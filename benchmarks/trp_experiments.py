@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def train_cmd(root: Path, name: str, seed: int, common: list[str]) -> tuple[list
                 "--no-progress"]), out
 
 
+def _data_args(args: list[str]) -> list[str]:
+    """The data-selecting arguments among `args` (a decomposition reads the dataset name from the run)."""
+    keep, out = {"--data-root", "--train-subset", "--val-fraction"}, []
+    for i, x in enumerate(args):
+        if x in keep and i + 1 < len(args):
+            out += [x, args[i + 1]]
+    return out
+
+
 def load(path: Path) -> dict | None:
     f = path / "metrics.json"
     return json.loads(f.read_text()) if f.exists() else None
@@ -65,7 +75,8 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
-def report(root: Path, seeds: list[int], plots: Path) -> None:
+def report(root: Path, seeds: list[int], plots: Path, title: str = "ResNet-20 on digits",
+           prefix: str = "trp") -> None:
     from reparam.metrics.plots import line_plot
 
     lines = ["| config | seeds | acc before decomposition % | acc decomposed % (no FT) | Δ | conv-FLOPs "
@@ -117,9 +128,9 @@ def report(root: Path, seeds: list[int], plots: Path) -> None:
             errors[label] = [statistics.stdev(accs) if len(accs) > 1 else 0.0]
     if series:
         plots.mkdir(parents=True, exist_ok=True)
-        line_plot(series, plots / "trp_acc_vs_speedup.png", "conv-FLOPs speed-up (paper's count)",
+        line_plot(series, plots / f"{prefix}_acc_vs_speedup.png", "conv-FLOPs speed-up (paper's count)",
                   "test accuracy after decomposition, no fine-tune (%)", errors=errors,
-                  title="ResNet-20 on digits: TRP vs post-hoc TSVD")
+                  title=f"{title}: TRP vs post-hoc TSVD")
     ranks = {}
     for name in ("trp-nc", "trp-vh", "trp-nc-nu", "trp-vh-nu", "trp-nc-m20", "nuc-only"):
         f = root / f"{name}-s{seeds[0]}" / "ranks.json"
@@ -129,7 +140,7 @@ def report(root: Path, seeds: list[int], plots: Path) -> None:
             ranks[name] = ([h["epoch"] for h in hist],
                            [statistics.mean(v / r["max_ranks"][k] for k, v in h["ranks"].items()) for h in hist])
     if ranks:
-        line_plot(ranks, plots / "trp_rank_over_training.png", "epoch",
+        line_plot(ranks, plots / f"{prefix}_rank_over_training.png", "epoch",
                   "mean over target convs of rank / max rank", markers=False,
                   title=f"Ranks kept by the projection (seed {seeds[0]})")
     (root / "summary.md").write_text("\n".join(lines) + "\n")
@@ -148,13 +159,18 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--sweep-seeds", default=None, help="seeds for the post-hoc energy sweep (default: the first)")
     ap.add_argument("--no-posthoc", action="store_true", help="train only; skip the post-hoc decompositions")
+    ap.add_argument("--extra", default="", help="more `trp train` arguments, e.g. '--data fashion-mnist "
+                    "--train-subset 4000' (the data arguments are also given to the fine-tuning decompositions)")
+    ap.add_argument("--title", default="ResNet-20 on digits", help="plot title prefix")
+    ap.add_argument("--plot-prefix", default="trp", help="file-name prefix of the plots")
     a = ap.parse_args()
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in a.seeds.split(",")]
     log = root / "runs.log"
     if not a.report_only:
-        common = ["--epochs", str(a.epochs)]
+        common = ["--epochs", str(a.epochs), *shlex.split(a.extra)]
+        data_args = _data_args(shlex.split(a.extra))
         jobs = [train_cmd(root, name, s, common) for name in a.configs.split(",") for s in seeds]
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda j: run(j[0], j[1], log), jobs))
@@ -173,14 +189,14 @@ def main() -> None:
                     out = root / f"posthoc-match-{scheme}-ft4-s{s}"
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--speedup",
                                       f"{m['flops_speedup']:.4f}", "--finetune-epochs", "4",
-                                      "--latency-batches", "", "--no-progress", "--out", str(out)]), out))
+                                      *data_args, "--latency-batches", "", "--no-progress", "--out", str(out)]), out))
                 for e in SWEEP if s in sweep_seeds else ():
                     out = root / f"sweep-{scheme}-e{e}-s{s}"
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--energy", str(e),
                                       "--latency-batches", "", "--out", str(out)]), out))
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda j: run(j[0], j[1], log), post))
-    report(root, seeds, Path(a.plots))
+    report(root, seeds, Path(a.plots), a.title, a.plot_prefix)
 
 
 if __name__ == "__main__":

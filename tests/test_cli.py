@@ -45,6 +45,7 @@ def test_train_writes_output_contract(tmp_path, capsys):
     (["--epochs", "-3"], ["--epochs"]),
     (["--data", "cifar10", "--data-root", "/nonexistent/cifar"], ["/nonexistent/cifar"]),
     (["--train-subset", "0"], ["--train-subset"]),
+    (["--device", "tpu"], ["device", "'tpu'", "cpu"]),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, argv, words):
     out = tmp_path / "run"

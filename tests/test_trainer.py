@@ -7,6 +7,7 @@ from torch.utils.data import TensorDataset
 
 from reparam.core.errors import ReparamError, TrainingDiverged
 from reparam.train import Callback, TrainConfig, Trainer
+from reparam.train.config import resolve_device, set_default_device
 
 
 def _data(n=96, seed=0):
@@ -111,3 +112,31 @@ def test_bad_config_and_empty_split():
     d.val = TensorDataset(torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ReparamError, match="val split"):
         Trainer(_model(), d, TrainConfig(**CFG))
+
+
+def test_device_setting():
+    # "auto" means the CPU on a machine without CUDA, and training there is the plain CPU run, bit for bit
+    assert str(resolve_device("cpu")) == "cpu"
+    if not torch.cuda.is_available():
+        assert str(resolve_device("auto")) == "cpu"
+        with pytest.raises(ReparamError, match="no CUDA GPU"):
+            TrainConfig(device="cuda").validate()
+    for bad in ("tpu", "", "gpu0"):
+        with pytest.raises(ReparamError, match="device"):
+            TrainConfig(device=bad).validate()
+    a = Trainer(_model(), _data(), TrainConfig(**CFG)).fit()
+    b = Trainer(_model(), _data(), TrainConfig(**CFG, device="auto")).fit()
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    with pytest.raises(ReparamError, match="device"):
+        set_default_device("tpu")
+    assert str(resolve_device(None)) == "cpu"     # the process default is untouched by the refused value
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_returns_model_home_and_matches_cpu():
+    m = _model(dropout=0.0)
+    res = Trainer(m, _data(), TrainConfig(**CFG, device="cuda")).fit()
+    assert next(m.parameters()).device.type == "cpu"          # handed back where it came from
+    ref = Trainer(_model(dropout=0.0), _data(), TrainConfig(**CFG)).fit()
+    for x, y in zip(res.history, ref.history):
+        assert abs(x["train_loss"] - y["train_loss"]) < 1e-4

@@ -67,6 +67,9 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: $REPARAM_THREADS or 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--device", default=None,
+                   help="where training runs: cpu, cuda, cuda:N, or auto (cuda when available); default "
+                        "$REPARAM_DEVICE or cpu. Data stays on the CPU and moves one batch at a time")
     add_distributed_args(p)
 
 
@@ -115,7 +118,14 @@ def add_train_args(p: argparse.ArgumentParser, *, model: str = "cnn", data: str 
 
 def setup_runtime(args: argparse.Namespace) -> None:
     set_threads(args.threads if getattr(args, "threads", None) else default_threads())
+    setup_device(args)
     setup_distributed(args)
+
+
+def setup_device(args: argparse.Namespace) -> None:
+    from reparam.train.config import set_default_device
+
+    set_default_device(getattr(args, "device", None) or os.environ.get("REPARAM_DEVICE", "cpu"))
 
 
 def setup_distributed(args: argparse.Namespace) -> bool:

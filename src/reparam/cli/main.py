@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        from reparam.cli.common import setup_distributed
+        from reparam.cli.common import setup_device, setup_distributed
 
+        setup_device(args)       # every Trainer of the command follows --device, whoever builds its config
         setup_distributed(args)  # joins torchrun's process group before any command opens its output folder
         rc = args.func(args)
     except (ReparamError, TrainingDiverged) as e:

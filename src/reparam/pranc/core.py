@@ -119,21 +119,42 @@ class PrancCoefficients(nn.Module):
     def train_segment(self, seg_index: int) -> torch.Tensor:
         """Training-mode weights of one tensor, materialized mode: one gemv per block and forward pass.
 
-        The block's theta = alpha_b @ B_b is computed once and sliced for every tensor of the block (the
-        official algorithm's single matmul); a tensor asking twice (a second forward pass, weight sharing)
-        triggers a fresh computation. Reusing the node is safe either way: it is linear and saves nothing.
+        The block's theta = alpha_b @ B_b is computed once and handed out as one output per tensor of the
+        block (the official algorithm's single matmul). One `split` rather than a slice per tensor lets
+        the backward concatenate the tensors' gradients once instead of scattering each slice's gradient
+        into its own zero-filled block-sized buffer. A tensor asking twice (a second forward
+        pass, weight sharing) triggers a fresh computation. Reusing the node is safe either way: it is
+        linear and saves nothing.
         """
         seg = self.segments[seg_index]
         key = self._key() + (torch.is_grad_enabled(),)
         hit = self._train_cache.get(seg.block)
         if hit is None or hit[0] != key or seg_index in hit[2]:
+            segs = self._block_segments(seg.block)
             theta = _BlockFn.apply(self.block_alpha(seg.block), self, seg.block)
-            hit = (key, theta, set())
+            parts = theta.split([s.numel for _, s in segs])
+            hit = (key, {i: t.view(s.shape) for t, (i, s) in zip(parts, segs)}, set())
             self._train_cache[seg.block] = hit
         hit[2].add(seg_index)
-        return hit[1][seg.offset:seg.offset + seg.numel].view(seg.shape)
+        return hit[1][seg_index]
+
+    def _block_segments(self, block: int) -> list[tuple[int, Segment]]:
+        """(index, segment) of every tensor of `block`, in column order (they tile the block)."""
+        cache = self.__dict__.setdefault("_segs_of_block", {})
+        if block not in cache:
+            cache[block] = self._tile(block)
+        return cache[block]
+
+    def _tile(self, block: int) -> list[tuple[int, Segment]]:
+        segs = sorted(((i, s) for i, s in enumerate(self.segments) if s.block == block), key=lambda t: t[1].offset)
+        ends = [0] + [s.offset + s.numel for _, s in segs]
+        if any(s.offset != e for (_, s), e in zip(segs, ends)) or ends[-1] != self.blocks[block].d:
+            raise AssertionError(f"PRANC block {block}: tensors do not tile the block's columns")
+        return segs
 
     def block_alpha(self, block: int) -> torch.Tensor:
+        if len(self.blocks) == 1:      # the global layout: no slice (an autograd node per weight access)
+            return self.alpha
         b = self.blocks[block]
         return self.alpha[b.alpha_offset:b.alpha_offset + b.k]
 
@@ -179,7 +200,7 @@ class PrancCoefficients(nn.Module):
 
     def _key(self) -> tuple:
         a = self.alpha
-        return (a._version, a.data_ptr(), str(a.device), self.seed)
+        return (a._version, a.data_ptr(), a.device, self.config.seed)
 
     def exact_segment(self, seg: Segment) -> torch.Tensor:
         if self.cache_policy == "none":
@@ -269,6 +290,8 @@ class PrancTensor(nn.Module):
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         core, seg = self._core, self.seg
+        if self.training and core.mode == "materialized" and core.shard is None:
+            return core.train_segment(self.index)
         alpha_b = core.block_alpha(seg.block)
         if not self.training:
             if torch.is_grad_enabled() and core.alpha.requires_grad:
@@ -276,8 +299,6 @@ class PrancTensor(nn.Module):
             return core.exact_segment(seg)
         if core.shard is not None:   # several processes: each generates only its rows of the basis
             return core.shard.segment(alpha_b, seg)
-        if core.mode == "materialized":
-            return core.train_segment(self.index)
         return _SegmentFn.apply(alpha_b, core, seg, False)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:

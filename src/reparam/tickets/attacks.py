@@ -68,7 +68,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfig,
             d = torch.randn(x.shape, generator=generator, dtype=x.dtype)
             r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
             delta = d / _flat_norm(d) * r * cfg.eps
-        delta = (x + delta).clamp(0, 1) - x
+        # drawn on the CPU generator (same numbers on every device), then moved to the batch
+        delta = (x + delta.to(x.device)).clamp(0, 1) - x
     else:
         delta = torch.zeros_like(x)
     alpha = cfg.step_size()
@@ -140,4 +141,4 @@ class GaussianNoiseTraining(_callback_base()):
 
     def before_forward(self, trainer, x, y):
         noise = torch.randn(x.shape, generator=self.gen, dtype=x.dtype) * self.sigma
-        return (x + noise).clamp(0, 1), y
+        return (x + noise.to(x.device)).clamp(0, 1), y

@@ -42,6 +42,9 @@ class GridConfig:
     model: str = "cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
+    source_subset: int = 0                # > 0: a stratified subset of the source train split (CPU budgets)
+    test_limit: int = 0                   # > 0: at most this many target test images (seeded random pick)
+    source_eval_limit: int = 0            # > 0: source PGD-10 accuracy on this many test images only
     # pretraining
     eps: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2])
     norm: str = "linf"
@@ -84,6 +87,9 @@ class GridConfig:
         for s in self.sparsities:
             if not 0 <= s < 1:
                 raise ReparamError(f"sparsity must be in [0, 1), got {s}")
+        for name in ("source_subset", "test_limit", "source_eval_limit"):
+            if getattr(self, name) < 0:
+                raise ReparamError(f"{name} must be >= 0, got {getattr(self, name)}")
         for e in self.eps:
             if e < 0:
                 raise ReparamError(f"eps must be >= 0, got {e}")
@@ -121,7 +127,8 @@ def load_source(cfg: GridConfig, seed: int):
     from reparam.tickets.targets import register_targets
 
     register_targets()
-    return load_dataset(cfg.source, seed=seed, root=cfg.data_root, classes=cfg.source_classes)
+    return load_dataset(cfg.source, seed=seed, root=cfg.data_root, classes=cfg.source_classes,
+                        train_subset=cfg.source_subset or None)
 
 
 def load_target(cfg: GridConfig, name: str, seed: int, image_size=None):
@@ -133,7 +140,20 @@ def load_target(cfg: GridConfig, name: str, seed: int, image_size=None):
     if image_size is not None:
         opts["resize"] = tuple(image_size)
     splits = load_dataset(name, seed=seed, root=cfg.data_root, **opts)
-    return few_shot(splits, cfg.shots, seed) if cfg.shots else splits
+    splits = few_shot(splits, cfg.shots, seed) if cfg.shots else splits
+    return limit_test(splits, cfg.test_limit, seed) if cfg.test_limit else splits
+
+
+def limit_test(splits, limit: int, seed: int):
+    """Keep a seeded random `limit` of the test split (large targets cost feature passes per cell)."""
+    x, y = splits.test.tensors
+    if len(y) <= limit:
+        return splits
+    g = torch.Generator().manual_seed(derive_seed(seed, 78))
+    keep = torch.randperm(len(y), generator=g)[:limit].sort().values
+    out = copy.copy(splits)
+    out.test = TensorDataset(x[keep], y[keep])
+    return out
 
 
 def build(cfg: GridConfig, src) -> nn.Module:
@@ -159,7 +179,8 @@ def pretrain(cfg: GridConfig, src, eps: float, seed: int, out_dir: Path | None =
                        schedule="cosine", seed=seed, progress=False, checkpoint=False)
     res = Trainer(model, src, tcfg, callbacks=cbs, out_dir=out_dir).fit(resume=False)
     eval_cfg = PGDConfig(eps=cfg.eval_eps, norm=cfg.norm, steps=10, alpha=2.5 * cfg.eval_eps / 10)
-    rob = robust_accuracy(model, src.test, eval_cfg, seed=seed) if cfg.eval_eps > 0 else None
+    rob = (robust_accuracy(model, src.test, eval_cfg, seed=seed, limit=cfg.source_eval_limit or None)
+           if cfg.eval_eps > 0 else None)
     info = {"eps": eps, "seed": seed, "source_test_acc": res.test_acc, "source_val_acc": res.val_acc,
             "source_robust_acc": rob, "robust_eval": asdict(eval_cfg), "train_seconds": res.train_seconds,
             "objective": "noise" if cfg.noise_sigma > 0 and eps > 0 else ("pgd" if eps > 0 else "natural")}

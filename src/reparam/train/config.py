@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+
+import torch
 
 from reparam.core.errors import ReparamError
 
@@ -31,6 +34,7 @@ class TrainConfig:
     select_on: str = "val"         # model selection split: "val" or "last" (never test)
     progress: bool = True
     checkpoint: bool = True        # write OUT/checkpoint.* after every epoch when out_dir is set
+    device: str | None = None      # "cpu", "cuda", "cuda:N", "auto"; None: the process default (set_default_device)
     # Only used under torchrun (several processes); see docs/distributed.md.
     sync_bn: bool = False          # BatchNorm statistics over the global batch (N processes == 1 process)
     find_unused_parameters: bool = True   # DDP: allow parameters some forward passes do not use
@@ -50,9 +54,47 @@ class TrainConfig:
             raise ReparamError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) and self.warmup_epochs:
             raise ReparamError(f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}")
+        resolve_device(self.device)
         if self.select_on not in ("val", "last"):
             raise ReparamError(f"select_on must be 'val' or 'last', got {self.select_on!r}")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_default_device = os.environ.get("REPARAM_DEVICE", "cpu")
+
+
+def set_default_device(name: str) -> None:
+    """The device of every TrainConfig that names none (the CLI's --device sets it for the whole command,
+    so methods that build their own TrainConfig follow it too). Default: $REPARAM_DEVICE or cpu."""
+    global _default_device
+    resolve_device(name)
+    _default_device = name
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device a TrainConfig.device names. Under torchrun with CUDA, "auto"/"cuda" mean this
+    process's GPU (LOCAL_RANK), which the process-group setup made current."""
+    if name is None:
+        name = _default_device
+    if not isinstance(name, str) or not name:
+        raise ReparamError(f"device {name!r} is not allowed; use cpu, cuda, cuda:N or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ReparamError(f"device {name!r} is not allowed; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ReparamError(f"device {name!r} is not allowed; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ReparamError(f"device {name!r} was asked for but torch sees no CUDA GPU "
+                               f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise ReparamError(f"device {name!r} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    return dev

@@ -22,7 +22,7 @@ from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import derive_seed
 from reparam.train.callbacks import Callback
 from reparam.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from reparam.train.config import TrainConfig
+from reparam.train.config import TrainConfig, resolve_device
 from reparam.train.distributed import DistributedRun
 from reparam.train.optim import default_param_groups, make_optimizer, make_scheduler
 
@@ -51,6 +51,12 @@ class Trainer:
                  param_groups: list[dict] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  loss_fn=None):
         self.config = (config or TrainConfig()).validate()
+        # Training runs on config.device; data stays on the CPU and moves one batch at a time, and fit()
+        # hands the model back on the device it came on (the methods' post-processing runs on the CPU).
+        self.device = resolve_device(self.config.device)
+        self._home = next(iter(model.parameters()), torch.empty(0)).device
+        if self._home != self.device:
+            model.to(self.device)
         self.model = model
         self.data = data
         self.callbacks = list(callbacks)
@@ -96,6 +102,7 @@ class Trainer:
         correct, loss_sum = 0, 0.0
         for i in range(0, len(y_all), self.config.eval_batch_size):
             x, y = x_all[i:i + self.config.eval_batch_size], y_all[i:i + self.config.eval_batch_size]
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -158,6 +165,7 @@ class Trainer:
             if self.dist is not None:   # the global batch was drawn (and augmented) identically everywhere
                 part, scale, dummy = self.dist.local_slice(len(y))
                 x, y = x[part], y[part]
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             for cb in self.callbacks:
                 x, y = cb.before_forward(self, x, y)
             logits = forward(x)
@@ -249,5 +257,7 @@ class Trainer:
             self.dist.finish()
         for cb in self.callbacks:
             cb.on_train_end(self)
+        if self._home != self.device:
+            self.model.to(self._home)
         return TrainResult(val_acc=self.best_val, test_acc=test["acc"], best_epoch=self.best_epoch,
                            epochs=self.epoch, train_seconds=self.train_seconds, history=self.history)
