@@ -157,7 +157,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--plots", default="docs/results")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--sweep-seeds", default=None, help="seeds for the post-hoc energy sweep (default: the first)")
+    ap.add_argument("--sweep-seeds", default=None,
+                    help="seeds for the post-hoc energy sweep (default: the first; 'none': no sweep)")
+    ap.add_argument("--no-finetune", action="store_true", help="skip the post-hoc decompositions with a fine-tune")
     ap.add_argument("--no-posthoc", action="store_true", help="train only; skip the post-hoc decompositions")
     ap.add_argument("--extra", default="", help="more `trp train` arguments, e.g. '--data fashion-mnist "
                     "--train-subset 4000' (the data arguments are also given to the fine-tuning decompositions)")
@@ -174,7 +176,8 @@ def main() -> None:
         jobs = [train_cmd(root, name, s, common) for name in a.configs.split(",") for s in seeds]
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda j: run(j[0], j[1], log), jobs))
-        sweep_seeds = [int(x) for x in a.sweep_seeds.split(",")] if a.sweep_seeds else seeds[:1]
+        sweep_seeds = ([] if a.sweep_seeds == "none" else [int(x) for x in a.sweep_seeds.split(",")]
+                       if a.sweep_seeds else seeds[:1])
         post = []
         for s in ([] if a.no_posthoc else seeds):
             base = root / f"base-s{s}" / "model.safetensors"
@@ -187,9 +190,10 @@ def main() -> None:
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--speedup",
                                       f"{m['flops_speedup']:.4f}", "--out", str(out)]), out))
                     out = root / f"posthoc-match-{scheme}-ft4-s{s}"
-                    post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--speedup",
-                                      f"{m['flops_speedup']:.4f}", "--finetune-epochs", "4",
-                                      *data_args, "--latency-batches", "", "--no-progress", "--out", str(out)]), out))
+                    if not a.no_finetune:
+                        post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--speedup",
+                                          f"{m['flops_speedup']:.4f}", "--finetune-epochs", "4", *data_args,
+                                          "--latency-batches", "", "--no-progress", "--out", str(out)]), out))
                 for e in SWEEP if s in sweep_seeds else ():
                     out = root / f"sweep-{scheme}-e{e}-s{s}"
                     post.append((cli(["trp", "decompose", str(base), "--scheme", scheme, "--energy", str(e),
