@@ -19,6 +19,7 @@ from reparam.data import (
     DATASETS,
     DatasetSplits,
     RawDataset,
+    limit_test,
     load_dataset,
     load_image,
     make_augment,
@@ -169,6 +170,19 @@ def test_synthetic_options_and_determinism():
     assert (pred == s.test.tensors[1]).float().mean() > 0.9
     with pytest.raises(ReparamError, match="num_classes"):
         load_dataset("synthetic", num_classes=1)
+
+
+def test_limit_test_keeps_a_seeded_subset_of_the_test_split(digits):
+    a, b = limit_test(digits, 50, seed=3), limit_test(digits, 50, seed=3)
+    assert len(a.test) == 50 and torch.equal(_images(a.test), _images(b.test))
+    assert a.train is digits.train and a.val is digits.val and len(digits.test) == 359   # original unchanged
+    x, y = digits.test.tensors
+    rows = {tuple(r.flatten().tolist()): int(c) for r, c in zip(x, y)}
+    assert all(rows.get(tuple(r.flatten().tolist())) == int(c) for r, c in zip(*a.test.tensors))  # pairs kept
+    assert not torch.equal(_images(a.test), _images(limit_test(digits, 50, seed=4).test))
+    assert limit_test(digits, 10_000, seed=0) is digits
+    with pytest.raises(ReparamError, match="test limit"):
+        limit_test(digits, 0, seed=0)
 
 
 # ---------------------------------------------------------------- fashion-mnist

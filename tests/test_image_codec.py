@@ -285,6 +285,8 @@ def test_reproduce_hook_runs_small(tmp_path, monkeypatch):
                    "image-prnc-vs-jpeg-paper-convention", "image-top-p-monotone", "image-depth-helps-fixed-k"]
     assert all(c.verdict in ("holds", "does not hold", "inconclusive") for c in rep.claims)
     assert (tmp_path / "image_top_p.png").exists() and "true bpp" in rep.summary.stored
+    jpeg_claim = rep.claims[1]
+    assert jpeg_claim.plots == ["image_rd.png"] and (tmp_path / "image_rd.png").exists()
 
 
 def test_streamed_basis_for_large_networks_same_math(monkeypatch):

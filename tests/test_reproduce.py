@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -50,3 +51,59 @@ def test_each_available_method_runs_tiny(tmp_path, capsys, method):
 def test_unknown_method_is_refused(tmp_path, capsys):
     assert main(["reproduce", "--methods", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def _fashion_mnist_installed() -> bool:
+    from reparam.core.errors import ReparamError
+    from reparam.data.fashion_mnist import find_fashion_mnist
+
+    try:
+        find_fashion_mnist()
+    except ReparamError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS])
+def test_each_method_runs_tiny_full_mode(tmp_path, capsys, method):
+    """The --full code path (Fashion-MNIST subsets, larger settings) on tiny data: every setting text and
+    command names the data actually used."""
+    if not _fashion_mnist_installed():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    out = tmp_path / "rep"
+    rc = main(["reproduce", "--tiny", "--full", "--methods", method, "--out", str(out), "--no-progress"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    if method in results["missing"]:
+        pytest.skip(f"{method} has not landed")
+    assert results["meta"]["mode"] == "tiny (smoke test)"
+    claims = results["claims"]
+    assert claims
+    summary = results["summary"][0]
+    for c in claims:
+        assert c["verdict"] in ("holds", "does not hold", "inconclusive")
+        for p in c["plots"]:
+            assert (out / p).exists(), p
+    texts = [summary["setting"]] + [c["measured_setting"] for c in claims] + [c["command"] for c in claims]
+    for t in texts:   # "digits28" is a ticket target's name, not the quick-mode data
+        assert not re.search(r"digits(?!28)", t), t
+    if method not in ("image-codec",):   # the image codec has no classification data
+        assert any("Fashion-MNIST" in t or "fashion-mnist" in t for t in texts)
+
+
+def test_full_mode_resume_reuses_finished_methods(tmp_path, capsys, monkeypatch):
+    if not _fashion_mnist_installed():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    from reparam.reproduce import dense
+
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--tiny", "--full", "--methods", "dense", "--out", str(out), "--no-progress"]) == 0
+    first = json.loads((out / "results.json").read_text())["claims"]
+    assert (out / "cache" / "dense.json").exists()
+
+    def fail(ctx):
+        raise AssertionError("a finished method must come from the cache")
+
+    monkeypatch.setattr(dense, "run", fail)
+    assert main(["reproduce", "--tiny", "--full", "--methods", "dense", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["claims"] == first

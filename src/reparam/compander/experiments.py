@@ -33,21 +33,25 @@ class DataSpec:
     val_fraction: float = 0.1
     resize: int | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    test_limit: int = 0                   # > 0: a seeded random subset of the test split (smoke tests)
 
     def describe(self) -> str:
         sub = f", train_subset={self.train_subset}" if self.train_subset else ""
         size = f", resized to {self.resize}x{self.resize}" if self.resize else ""
         opts = "".join(f", {k}={v}" for k, v in self.model_options.items())
-        return f"{self.model}{opts} on {self.data}{sub}{size}"
+        lim = f", test_limit={self.test_limit}" if self.test_limit else ""
+        return f"{self.model}{opts} on {self.data}{sub}{size}{lim}"
 
 
 def load(spec: DataSpec, seed: int):
-    from reparam.data import load_dataset
+    from reparam.data import limit_test, load_dataset
     from reparam.models import build_model
 
     extra = {"resize": spec.resize} if spec.resize else {}
     splits = load_dataset(spec.data, seed=seed, root=spec.data_root, val_fraction=spec.val_fraction,
                           train_subset=spec.train_subset, **extra)
+    if spec.test_limit:
+        splits = limit_test(splits, spec.test_limit, seed)
     seed_everything(seed)
     model = build_model(spec.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=splits.image_size, mean=splits.mean, std=splits.std, **spec.model_options)

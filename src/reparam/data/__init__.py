@@ -2,7 +2,7 @@
 augmentations (`make_augment`). Nothing here downloads anything."""
 
 from reparam.data.base import RawDataset
-from reparam.data.datasets import DATASETS, DatasetSplits, load_dataset, register_dataset
+from reparam.data.datasets import DATASETS, DatasetSplits, limit_test, load_dataset, register_dataset
 from reparam.data.images import BUNDLED_IMAGES, load_image
 from reparam.data.transforms import make_augment
 
@@ -11,6 +11,7 @@ __all__ = [
     "DATASETS",
     "DatasetSplits",
     "RawDataset",
+    "limit_test",
     "load_dataset",
     "load_image",
     "make_augment",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -307,3 +307,16 @@ def load_dataset(
         std=std,
         class_names=names,
     )
+
+
+def limit_test(splits: DatasetSplits, limit: int, seed: int) -> DatasetSplits:
+    """A copy of `splits` whose test split keeps a seeded random `limit` of its images (in their original
+    order); unchanged when the test split is not larger. For smoke tests on large test sets."""
+    x, y = splits.test.tensors
+    if limit < 1:
+        raise ReparamError(f"test limit must be >= 1, got {limit}")
+    if len(y) <= limit:
+        return splits
+    keep = np.sort(np.random.default_rng(derive_seed(seed, 4)).permutation(len(y))[:limit])
+    idx = torch.from_numpy(keep)
+    return replace(splits, test=TensorDataset(x[idx], y[idx]))

@@ -1,12 +1,17 @@
-"""`reparam reproduce` hook: the paper's central claims measured at small scale on embedded digits.
+"""`reparam reproduce` hook: the paper's central claims measured at small scale.
 
-Source = digits 0-4, targets = digits 5-9 (10 shots per class) under domain shifts; OMP tickets from a
-naturally (eps = 0) and a PGD-pretrained (eps = 0.1) small CNN; paired robust - natural deltas per seed.
+Quick mode: source = digits 0-4, targets = digits 5-9 (10 shots per class) under domain shifts; OMP tickets
+from a naturally (eps = 0) and a PGD-pretrained (eps = 0.1) small CNN; paired robust - natural deltas per
+seed. Full mode: source = Fashion-MNIST classes 0-4 (a 3,000-image train subset), targets = classes 5-9 of
+fashion-mnist, fashion-mnist-noisy and digits28 (at most 2,000 test images each), eps 0 / 0.02 / 0.1 / 0.3,
+linear evaluation and full fine-tuning; the claims compare eps 0.1 with natural tickets.
 Verdicts come from the measured deltas with the statistic written next to them.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +25,7 @@ def grid_for(ctx: ReproduceContext):
     from reparam.tickets.experiment import GridConfig
 
     seeds = list(range(ctx.seed, ctx.seed + (1 if ctx.tiny else ctx.seeds)))
-    if ctx.tiny:
+    if ctx.tiny and ctx.quick:
         return GridConfig(eps=[0.0, 0.1], pre_epochs=1, pgd_steps=1, targets=["digits-noisy"],
                           sparsities=[0.0, 0.9], protocols=["linear"], lin_steps=30, eval_limit=20, ood=True,
                           model_options={"width": 0.5}, seeds=seeds)
@@ -29,7 +34,36 @@ def grid_for(ctx: ReproduceContext):
         return GridConfig(eps=[0.0, 0.1], pre_epochs=8, pgd_steps=3, targets=["digits-noisy", "digits-rotated"],
                           sparsities=[0.0, 0.8, 0.9, 0.95, 0.98], protocols=["linear"], lin_steps=200,
                           eval_limit=50, model_options={"width": 0.5}, seeds=seeds)
-    return GridConfig(seeds=seeds)  # the docs/results grid (reference run 1 protocol, smaller FT)
+    # full: a Fashion-MNIST source; targets = its other five classes (clean and noisy) and digits at 28x28
+    full = dict(source=ctx.dataset, source_classes=[0, 1, 2, 3, 4], source_subset=ctx.train_subset("tickets"),
+                target_classes=[5, 6, 7, 8, 9], model_options={"width": 0.5}, seeds=seeds)
+    if ctx.tiny:   # two classes each way keep the source test and target val splits small (seconds)
+        full.update(source_classes=[0, 1], target_classes=[5, 6])
+        return GridConfig(eps=[0.0, 0.1], pre_epochs=1, pgd_steps=1, targets=["fashion-mnist-noisy"],
+                          sparsities=[0.0, 0.9], protocols=["linear"], lin_steps=30, eval_limit=10, ood=False,
+                          test_limit=ctx.test_limit, source_eval_limit=20, **full)
+    return GridConfig(eps=[0.0, 0.02, 0.1, 0.3], pre_epochs=10, targets=["fashion-mnist", "fashion-mnist-noisy",
+                                                                        "digits28"],
+                      sparsities=[0.0, 0.8, 0.9, 0.95, 0.98], protocols=["linear", "full"], ft_epochs=15,
+                      eval_limit=100, test_limit=2000, source_eval_limit=1000, **full)
+
+
+def _grid_command(cfg, work: str) -> str:
+    """The benchmark-script command that runs the same grid per seed (`reparam tickets compare` has no
+    options for the source subset and the test limits)."""
+    from dataclasses import fields
+
+    from reparam.tickets.experiment import GridConfig
+
+    default = GridConfig()
+    opts = " ".join(shlex.quote(f"{f.name}={json.dumps(getattr(cfg, f.name))}") for f in fields(cfg)
+                    if f.name != "seeds" and getattr(cfg, f.name) != getattr(default, f.name))
+    return (f"for s in {' '.join(map(str, cfg.seeds))}; do python benchmarks/tickets_grid.py {work} $s {opts}; "
+            "done")
+
+
+def _classes(c: list[int]) -> str:
+    return f"{c[0]}-{c[-1]}" if c == list(range(c[0], c[-1] + 1)) else ",".join(map(str, c))
 
 
 def _verdict(mean: float, share: float, gate_mean: float, gate_share: float) -> str:
@@ -50,7 +84,8 @@ def run(ctx: ReproduceContext) -> MethodReport:
     cfg = grid_for(ctx).check()
     tmp = None
     if ctx.work_dir is not None:
-        work = Path(ctx.work_dir) / "tickets"
+        # the grid cache's keys do not name the data: full mode keeps its own folder
+        work = Path(ctx.work_dir) / ("tickets" if ctx.quick else "tickets-full")
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tickets-")
         work = Path(tmp.name)
@@ -64,13 +99,23 @@ def run(ctx: ReproduceContext) -> MethodReport:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     plots = report.plot_accuracy(rows, Path(ctx.out_dir), "omp")
     d = report.paired_deltas(rows)
-    eps = max(cfg.eps)
-    setting = (f"digits 0-4 -> digits 5-9 x {{{', '.join(cfg.targets)}}}, {cfg.shots} shots/class; "
-               f"{cfg.model} {cfg.model_options}; PGD-Linf eps {eps} ({cfg.pgd_steps} steps) vs natural, "
-               f"{cfg.pre_epochs} pretrain epochs; OMP global; seeds {cfg.seeds}")
-    cmd = ("reparam tickets compare --eps 0,0.1 --seeds " + ",".join(map(str, cfg.seeds))
-           + f" --targets {','.join(cfg.targets)} --sparsity {','.join(f'{s:g}' for s in cfg.sparsities)}"
-           + f" --protocols {','.join(cfg.protocols)} --pretrain-epochs {cfg.pre_epochs} --out runs/tickets")
+    eps = 0.1 if 0.1 in cfg.eps else max(cfg.eps)   # the headline robust model (quick: eps [0, 0.1])
+    if ctx.quick:
+        setting = (f"digits 0-4 -> digits 5-9 x {{{', '.join(cfg.targets)}}}, {cfg.shots} shots/class; "
+                   f"{cfg.model} {cfg.model_options}; PGD-Linf eps {eps} ({cfg.pgd_steps} steps) vs natural, "
+                   f"{cfg.pre_epochs} pretrain epochs; OMP global; seeds {cfg.seeds}")
+        cmd = ("reparam tickets compare --eps 0,0.1 --seeds " + ",".join(map(str, cfg.seeds))
+               + f" --targets {','.join(cfg.targets)} --sparsity {','.join(f'{s:g}' for s in cfg.sparsities)}"
+               + f" --protocols {','.join(cfg.protocols)} --pretrain-epochs {cfg.pre_epochs} --out runs/tickets")
+    else:
+        others = ", ".join(f"{e:g}" for e in cfg.eps if e not in (0.0, eps))
+        others = f"; eps {others} in the plots" if others else ""
+        setting = (f"Fashion-MNIST 28x28 classes {_classes(cfg.source_classes)} ({cfg.source_subset:,} source "
+                   f"train images) -> classes {_classes(cfg.target_classes)} of {{{', '.join(cfg.targets)}}}, "
+                   f"{cfg.shots} shots/class, <= {cfg.test_limit:,} target test images; {cfg.model} "
+                   f"{cfg.model_options}; PGD-Linf eps {eps} ({cfg.pgd_steps} steps{others}) vs natural, "
+                   f"{cfg.pre_epochs} pretrain epochs; OMP global; seeds {cfg.seeds}")
+        cmd = _grid_command(cfg, "runs/tickets-full")
     claims = []
     lin = report.select(d, protocol="linear", eps=eps, scheme="omp")
     hi = report.summarize(report.select(lin, sparsity_target=lambda s: s >= 0.9))
@@ -129,6 +174,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         method="tickets", stored=f"binary masks at sparsity {', '.join(f'{s:g}' for s in cfg.sparsities)}",
         accuracy=(sum(robv) / len(robv) / 100) if robv else None,
         dense_accuracy=(sum(dense) / len(dense) / 100) if dense else None, train_time_ratio=None,
-        setting=f"robust (eps {eps}) OMP tickets at sparsity >= 0.9, linear eval (natural tickets: "
-                f"{sum(nat) / max(len(nat), 1):.1f}%)")
+        setting=("" if ctx.quick else f"Fashion-MNIST {_classes(cfg.source_classes)} source: ")
+        + f"robust (eps {eps}) OMP tickets at sparsity >= 0.9, linear eval (natural tickets: "
+          f"{sum(nat) / max(len(nat), 1):.1f}%)")
     return MethodReport(summary=summary, claims=claims, seconds=time.perf_counter() - t0)
