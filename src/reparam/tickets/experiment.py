@@ -132,7 +132,7 @@ def load_source(cfg: GridConfig, seed: int):
 
 
 def load_target(cfg: GridConfig, name: str, seed: int, image_size=None):
-    from reparam.data import load_dataset
+    from reparam.data import limit_test, load_dataset
     from reparam.tickets.targets import register_targets
 
     register_targets()
@@ -142,18 +142,6 @@ def load_target(cfg: GridConfig, name: str, seed: int, image_size=None):
     splits = load_dataset(name, seed=seed, root=cfg.data_root, **opts)
     splits = few_shot(splits, cfg.shots, seed) if cfg.shots else splits
     return limit_test(splits, cfg.test_limit, seed) if cfg.test_limit else splits
-
-
-def limit_test(splits, limit: int, seed: int):
-    """Keep a seeded random `limit` of the test split (large targets cost feature passes per cell)."""
-    x, y = splits.test.tensors
-    if len(y) <= limit:
-        return splits
-    g = torch.Generator().manual_seed(derive_seed(seed, 78))
-    keep = torch.randperm(len(y), generator=g)[:limit].sort().values
-    out = copy.copy(splits)
-    out.test = TensorDataset(x[keep], y[keep])
-    return out
 
 
 def build(cfg: GridConfig, src) -> nn.Module:
