@@ -46,35 +46,12 @@ def _one(cfg: dict) -> dict:
             loss.backward()
             opt.step()
     elif kind == "reference":
-        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
-        d = sum(p.numel() for p in params)
-        basis = torch.rand(cfg["k"], d) * 0.1 - 0.05
-        alpha = torch.zeros(cfg["k"], requires_grad=True)
-        with torch.no_grad():
-            alpha[0] = 1
-        others = [p for p in model.parameters() if all(p is not q for q in params)]
-        opt = torch.optim.Adam([alpha] + others, 1e-3)
+        from pranc_paired import reference_step  # the official algorithm, shared with pranc_paired.py
 
-        def load(theta):
-            off = 0
-            with torch.no_grad():
-                for p in params:
-                    p.copy_(theta[off:off + p.numel()].view_as(p))
-                    off += p.numel()
-
-        load(alpha.detach() @ basis)
+        ref = reference_step(model, cfg["k"])
 
         def step():
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            for p in params:
-                p.grad = None
-            loss.backward()
-            g = torch.cat([p.grad.reshape(-1) for p in params])
-            alpha.grad = basis @ g
-            opt.step()
-            load(alpha.detach() @ basis)
+            ref(x, y)
     else:
         apply_pranc(model, PrancConfig(k=cfg["k"], mode=kind, chunk=cfg.get("chunk", 256)))
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3)
