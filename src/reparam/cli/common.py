@@ -123,9 +123,10 @@ def setup_runtime(args: argparse.Namespace) -> None:
 
 
 def setup_device(args: argparse.Namespace) -> None:
-    from reparam.train.config import set_default_device
+    """--device, else the default ($REPARAM_DEVICE or cpu), checked before any output folder is opened."""
+    from reparam.train.config import default_device, set_default_device
 
-    set_default_device(getattr(args, "device", None) or os.environ.get("REPARAM_DEVICE", "cpu"))
+    set_default_device(getattr(args, "device", None) or default_device())
 
 
 def setup_distributed(args: argparse.Namespace) -> bool:

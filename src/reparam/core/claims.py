@@ -57,6 +57,7 @@ class MethodReport:
 # Each method trains on a stratified subset of the train split so that the whole run stays at hours, not
 # days, on 2 CPU cores; the validation split (evaluated after every epoch) is small, the test split complete.
 FULL_DATASET = "fashion-mnist"
+DATA_TITLES = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}   # how reports name the data sets
 FULL_TRAIN_SUBSET = {"dense": 10_000, "pranc": 5_000, "mixturegrowth": 3_000, "trp": 3_000, "compander": 1_000,
                      "tickets": 3_000}
 FULL_VAL_FRACTION = 0.02        # 1,200 of the 60,000 train images
@@ -82,6 +83,11 @@ class ReproduceContext:
     def dataset(self) -> str:
         """The classification data set of this mode: "digits" (quick) or "fashion-mnist" (full)."""
         return "digits" if self.quick else FULL_DATASET
+
+    @property
+    def data_title(self) -> str:
+        """The data set's name in report text: "digits" or "Fashion-MNIST"."""
+        return DATA_TITLES[self.dataset]
 
     def train_subset(self, method: str) -> int | None:
         """Training images of `method` in full mode (a stratified subset of Fashion-MNIST's train split).
@@ -132,6 +138,6 @@ class ReproduceContext:
 
 def describe_data(splits) -> str:
     h, w = splits.image_size
-    name = {"fashion-mnist": "Fashion-MNIST"}.get(splits.name, splits.name)
+    name = DATA_TITLES.get(splits.name, splits.name)
     return (f"{name} {h}x{w} ({len(splits.train):,} train / {len(splits.val):,} val / {len(splits.test):,} test "
             "images)")

@@ -119,7 +119,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
                     tm = _net1_model(s, splits, r.pre_growth_state)
                     grow(tm, s.layout, ci, seed=seed)
                     at_growth[ci].append(_acc(tm, splits.test))
-    data = "digits" if ctx.quick else "Fashion-MNIST"
+    data = ctx.data_title
     setting = (f"{ctx.data_label(splits)}, {model_name} target (small: stem 8, half width), E = {epochs} epochs, "
                f"budget 0.45X, x = 1.0, SGD cosine, seeds {seeds}")
     cmd = (f"reparam grow compare{ctx.data_args(METHOD)} --model {model_name} --full-epochs {epochs} --budget 0.45 "

@@ -72,7 +72,8 @@ class PrancCoefficients(nn.Module):
         self.mode = "streamed"
         self.cache_policy = "block"      # "block": keep exact block weights; "none": layer by layer
         self._exact_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
-        self._train_cache: dict[int, tuple[tuple, torch.Tensor, set[int]]] = {}
+        self._train_cache: dict[int, tuple[tuple, dict[int, torch.Tensor], set[int]]] = {}
+        self._segs_of_block: dict[int, list[tuple[int, Segment]]] = {}
 
     # -- basis ----------------------------------------------------------------------------------------
     @property
@@ -140,10 +141,9 @@ class PrancCoefficients(nn.Module):
 
     def _block_segments(self, block: int) -> list[tuple[int, Segment]]:
         """(index, segment) of every tensor of `block`, in column order (they tile the block)."""
-        cache = self.__dict__.setdefault("_segs_of_block", {})
-        if block not in cache:
-            cache[block] = self._tile(block)
-        return cache[block]
+        if block not in self._segs_of_block:
+            self._segs_of_block[block] = self._tile(block)
+        return self._segs_of_block[block]
 
     def _tile(self, block: int) -> list[tuple[int, Segment]]:
         segs = sorted(((i, s) for i, s in enumerate(self.segments) if s.block == block), key=lambda t: t[1].offset)

@@ -43,7 +43,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     with torch.device("meta"):  # count only: no real initialization, no random numbers drawn
         n_params = sum(p.numel() for p in build_from_spec(spec).parameters())
     setting = f"{ctx.data_label(splits)}, {mlp} ({n_params:,} params), Adam, {epochs} epochs, seeds {seeds}"
-    data = "digits" if ctx.quick else "Fashion-MNIST"
+    data = ctx.data_title
     data_args = ctx.data_args("pranc")
     acc: dict[int, list[float]] = {k: [] for k in ks}
     hashed: dict[int, list[float]] = {k: [] for k in ks}

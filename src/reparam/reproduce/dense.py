@@ -28,8 +28,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     mean = sum(accs) / len(accs)
     worst = min(accs)
     # quick: digits, >= 97%; full: Fashion-MNIST subset, a sanity floor of 85% (not yet calibrated by a full run)
-    target, data = (0.97, "digits") if ctx.quick else (0.85, "Fashion-MNIST")
-    subset = "" if ctx.quick else f" --train-subset {ctx.train_subset('dense')} --val-fraction {ctx.val_fraction}"
+    target, data = (0.97 if ctx.quick else 0.85), ctx.data_title
     claim = Claim(
         method="dense", claim_id=f"dense-cnn-{ctx.dataset}-{round(100 * target)}",
         statement=f"A dense small CNN trained with the shared trainer reaches at least {100 * target:.0f}% test "
@@ -41,7 +40,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         verdict="holds" if worst >= target else "does not hold",
         statistic=f"minimum test accuracy over seeds >= {target}",
         details={"test_acc": accs, "train_seconds": secs},
-        command=(f"reparam train --data {ctx.dataset}{subset} --model cnn --epochs 15 --batch-size 64 "
+        command=(f"reparam train{ctx.data_args('dense') or ' --data digits'} --model cnn --epochs 15 --batch-size 64 "
                  f"--seed {seeds[0]} --out runs/dense"),
     )
     summary = MethodSummary(method="dense", stored=f"{count_params(model):,} fp32 numbers", accuracy=mean,

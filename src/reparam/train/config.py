@@ -74,6 +74,10 @@ def set_default_device(name: str) -> None:
     _default_device = name
 
 
+def default_device() -> str:
+    return _default_device
+
+
 def resolve_device(name: str | None) -> torch.device:
     """The torch device a TrainConfig.device names. Under torchrun with CUDA, "auto"/"cuda" mean this
     process's GPU (LOCAL_RANK), which the process-group setup made current."""

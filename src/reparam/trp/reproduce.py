@@ -75,7 +75,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     def mean(key: str, rs: list[dict[str, Any]]) -> float:
         return statistics.mean(r[key] for r in rs)
 
-    data = "digits" if ctx.quick else "Fashion-MNIST"
+    data = ctx.data_title
     data_args = ctx.data_args("trp") or " --data digits"
     setting = (f"{ctx.data_label(splits)}, ResNet-20 (option A), {epochs} epochs SGD lr 0.05 multistep, "
                f"e={ENERGY}, m=1, decomposition sigma >= 0.05 on stride-1 convs, seeds {seeds}")
