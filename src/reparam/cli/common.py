@@ -135,7 +135,10 @@ def setup_distributed(args: argparse.Namespace) -> bool:
     Processes other than 0 stop printing to stdout (tables, progress), so a command's report appears once;
     their stderr (errors, warnings) stays.
     """
+    from reparam.train.config import set_default_sync_bn
+
     joined = rd.init_distributed(getattr(args, "dist_timeout", None), getattr(args, "dist_backend", "auto"))
+    set_default_sync_bn(bool(getattr(args, "sync_bn", False)))  # also for methods that build their own configs
     if joined and not rd.is_main() and not getattr(sys.stdout, "_reparam_silenced", False):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         sys.stdout._reparam_silenced = True

@@ -19,7 +19,8 @@ BASES = ("digits", "digits28", "fashion-mnist")
 
 
 def _as_float(x) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x))
+    a = np.asarray(x)
+    t = torch.from_numpy(a if a.flags.writeable else a.copy())  # read-only arrays (the FMNIST mmap) are copied
     return t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float32)
 
 

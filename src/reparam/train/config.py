@@ -36,8 +36,12 @@ class TrainConfig:
     checkpoint: bool = True        # write OUT/checkpoint.* after every epoch when out_dir is set
     device: str | None = None      # "cpu", "cuda", "cuda:N", "auto"; None: the process default (set_default_device)
     # Only used under torchrun (several processes); see docs/distributed.md.
-    sync_bn: bool = False          # BatchNorm statistics over the global batch (N processes == 1 process)
-    find_unused_parameters: bool = True   # DDP: allow parameters some forward passes do not use
+    sync_bn: bool | None = None    # BatchNorm statistics over the global batch (N processes == 1 process);
+                                   # None: the process default (set_default_sync_bn; the CLI's --sync-bn)
+    # DDP: False (default) builds DDP with static_graph=True: the set of parameters a forward pass uses is
+    # found in the first step and assumed fixed (true of every method here), at no per-step cost. True: a
+    # graph search every step, for models whose forward passes use different parameters from step to step.
+    find_unused_parameters: bool = False
 
     def validate(self) -> TrainConfig:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -76,6 +80,19 @@ def set_default_device(name: str) -> None:
 
 def default_device() -> str:
     return _default_device
+
+
+_default_sync_bn = False
+
+
+def set_default_sync_bn(on: bool) -> None:
+    """--sync-bn for every TrainConfig that does not say (methods that build their own configs follow it)."""
+    global _default_sync_bn
+    _default_sync_bn = bool(on)
+
+
+def resolve_sync_bn(value: bool | None) -> bool:
+    return _default_sync_bn if value is None else bool(value)
 
 
 def resolve_device(name: str | None) -> torch.device:

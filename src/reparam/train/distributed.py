@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from reparam.core import distributed as rd
 from reparam.core.fileformat import atomic_write_bytes
+from reparam.train.config import resolve_sync_bn
 
 if TYPE_CHECKING:
     from reparam.train.trainer import Trainer
@@ -59,7 +61,7 @@ class DistributedRun:
         if self.ddp is not None:
             return
         model, cfg = self.trainer.model, self.trainer.config
-        if cfg.sync_bn:
+        if resolve_sync_bn(cfg.sync_bn):
             from reparam.train.sync_bn import convert_sync_batchnorm
 
             self._sync_bn = convert_sync_batchnorm(model)
@@ -75,9 +77,13 @@ class DistributedRun:
             for p in self._outside:
                 rd.broadcast_(p.data)
             if trainable:
+                # A conv with one input channel gets a gradient whose size-1 dimension has another stride
+                # than its parameter; DDP compares strides literally and warns at every backward, harmlessly.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
                 cuda = next(iter(trainable)).is_cuda
                 self.ddp = DDP(model, device_ids=[torch.cuda.current_device()] if cuda else None,
-                               find_unused_parameters=cfg.find_unused_parameters)
+                               find_unused_parameters=cfg.find_unused_parameters,
+                               static_graph=not cfg.find_unused_parameters)
             else:
                 rd.broadcast_buffers(model)
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from reparam.core import distributed as rd
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
 from reparam.metrics import accuracy, count_flops, count_params, latency
@@ -73,7 +74,8 @@ def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec,
     dec = [p for p in plans if p.decompose]
     m["mean_rank"] = sum(p.rank for p in dec) / max(1, len(dec))
     m["mean_rank_fraction"] = sum(p.rank / p.max_rank for p in dec) / max(1, len(dec))
-    if latency_batches:
+    # Under torchrun only process 0 (whose metrics are written) times, so the others do not compete for cores.
+    if latency_batches and rd.is_main():
         lat_shape = shape if latency_size is None else (shape[0], int(latency_size), int(latency_size))
         m.update(measure_latency(model, small, lat_shape, tuple(latency_batches), latency_repeats))
         m["latency_input"] = list(lat_shape)
