@@ -21,11 +21,12 @@ from reparam.compander import (
     psi,
 )
 from reparam.compander.callbacks import PsiDecay, WeightStatsCallback
-from reparam.compander.experiments import grid_select, grid_values, paired
+from reparam.compander.experiments import grid_select, grid_values
 from reparam.compander.variants import parse_variant
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_model_state
 from reparam.data import load_dataset
+from reparam.metrics.stats import paired
 from reparam.train import TrainConfig, Trainer
 
 torch.set_num_threads(1)

@@ -21,6 +21,7 @@ from reparam.compander.parametrization import learned_scales
 from reparam.compander.variants import Variant, parse_variant, setup_variant
 from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import seed_everything
+from reparam.metrics.stats import mean_std, paired
 from reparam.train import TrainConfig, Trainer
 
 
@@ -127,27 +128,6 @@ def run_many(jobs: Sequence[tuple[str, int]], spec: DataSpec, config: TrainConfi
 
 
 # -- statistics ----------------------------------------------------------------------------------------
-
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    arr = np.asarray(xs, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Paired differences a - b over seeds: mean, std, wins/ties/losses, paired t and two-sided p."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    m, s = mean_std(d)
-    n = len(d)
-    t = p = None
-    if n > 1 and s > 0:
-        from scipy import stats
-
-        t = float(m / (s / math.sqrt(n)))
-        p = float(2 * stats.t.sf(abs(t), df=n - 1))
-    return {"mean": m, "std": s, "n": n, "wins": int((d > 0).sum()), "ties": int((d == 0).sum()),
-            "losses": int((d < 0).sum()), "t": t, "p": p, "diffs": d.tolist()}
-
 
 def by_variant(results: list[dict]) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}

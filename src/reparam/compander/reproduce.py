@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from reparam.compander.experiments import DataSpec, load, paired, run_one
+from reparam.compander.experiments import DataSpec, load, run_one
 from reparam.compander.functions import dpsi, psi
 from reparam.compander.parametrization import CompanderConfig, apply, compander_layers, fold
 from reparam.compander.stats import percentile_plot
 from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.metrics.stats import paired, paired_verdict
 from reparam.train import TrainConfig
 
 A, B = 0.8, 0.5
@@ -190,10 +191,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     acc_wc = [r["test_acc"] for r in wc]
     acc_pl = [r["test_acc"] for r in base]
     d = paired(acc_wc, acc_pl)
-    if d["p"] is not None and d["p"] < 0.05:
-        verdict = "holds" if d["mean"] > 0 else "does not hold"
-    else:
-        verdict = "inconclusive"
+    verdict = paired_verdict(d)
     claims.append(Claim(
         method="compander", claim_id="wc-accuracy-gain",
         statement="WC improves test accuracy over the same network without it.",
