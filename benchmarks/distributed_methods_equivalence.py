@@ -26,6 +26,8 @@ COMMANDS = {   # name: (argv, file whose tensors are compared)
     "compander": (["compander", "train", "--model", "cnn"], "model.safetensors"),
     "grow (wrn-10-2)": (["grow", "--model", "wrn-10-2", "--budget", "1.0", "--epochs", "3"], "model.safetensors"),
     "tickets pretrain eps 0": (["tickets", "pretrain", "--classes", "0-4", "--eps", "0"], "eps_0/model.safetensors"),
+    "tickets pretrain eps 0.1 (PGD)": (["tickets", "pretrain", "--classes", "0-4", "--eps", "0.1"],
+                                       "eps_0.1/model.safetensors"),
 }
 
 

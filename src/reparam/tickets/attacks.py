@@ -48,12 +48,21 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * scale
 
 
+def _draw(fn, shape: tuple[int, ...], rows: tuple[slice, int] | None, **kw) -> torch.Tensor:
+    """fn(shape) for a batch that is `rows` = (slice, n) of a global batch of n: drawn for all n, sliced."""
+    if rows is None:
+        return fn(shape, **kw)
+    return fn((rows[1], *shape[1:]), **kw)[rows[0]]
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfig,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, rows: tuple[slice, int] | None = None) -> torch.Tensor:
     """Untargeted PGD maximizing cross-entropy; returns x_adv in [0, 1] with ||x_adv - x|| <= eps.
 
     The model is put in eval mode for the attack (BN statistics are not touched) and restored after;
     gradients flow to the input only (`torch.autograd.grad`), so parameter .grad fields stay untouched.
+    `rows` = (slice, n): x is those rows of a global batch of n (one process's share under torchrun); the
+    random start is drawn for the whole batch and sliced, so each example gets the start it gets in 1 process.
     """
     cfg.check()
     if cfg.eps == 0 or cfg.steps == 0:
@@ -63,10 +72,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfig,
     x = x.detach()
     if cfg.random_start:
         if cfg.norm == "linf":
-            delta = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1) * cfg.eps
+            delta = (_draw(torch.rand, x.shape, rows, generator=generator, dtype=x.dtype) * 2 - 1) * cfg.eps
         else:
-            d = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
+            d = _draw(torch.randn, x.shape, rows, generator=generator, dtype=x.dtype)
+            r = _draw(torch.rand, (x.shape[0],) + (1,) * (x.dim() - 1), rows, generator=generator, dtype=x.dtype)
             delta = d / _flat_norm(d) * r * cfg.eps
         # drawn on the CPU generator (same numbers on every device), then moved to the batch
         delta = (x + delta.to(x.device)).clamp(0, 1) - x
@@ -127,7 +136,7 @@ class AdversarialTraining(_callback_base()):
         self.gen = torch.Generator().manual_seed(seed)
 
     def before_forward(self, trainer, x, y):
-        return pgd(trainer.model, x, y, self.cfg, generator=self.gen), y
+        return pgd(trainer.model, x, y, self.cfg, generator=self.gen, rows=getattr(trainer, "batch_rows", None)), y
 
 
 class GaussianNoiseTraining(_callback_base()):
@@ -140,5 +149,6 @@ class GaussianNoiseTraining(_callback_base()):
         self.gen = torch.Generator().manual_seed(seed)
 
     def before_forward(self, trainer, x, y):
-        noise = torch.randn(x.shape, generator=self.gen, dtype=x.dtype) * self.sigma
+        rows = getattr(trainer, "batch_rows", None)
+        noise = _draw(torch.randn, x.shape, rows, generator=self.gen, dtype=x.dtype) * self.sigma
         return (x + noise.to(x.device)).clamp(0, 1), y

@@ -58,6 +58,7 @@ class Trainer:
         if self._home != self.device:
             model.to(self.device)
         self.model = model
+        self.batch_rows: tuple[slice, int] | None = None   # set per training step, see _train_epoch
         self.data = data
         self.callbacks = list(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -162,8 +163,13 @@ class Trainer:
             x, y = x_all[idx], y_all[idx]
             if self.augment is not None:
                 x = self.augment(x, g)
+            # Which rows of the global batch this process holds: callbacks that draw random numbers per
+            # example (PGD's random start, noise) draw for the global batch and keep these rows, so N
+            # processes see the numbers 1 process would.
+            self.batch_rows = (slice(0, len(y)), len(y))
             if self.dist is not None:   # the global batch was drawn (and augmented) identically everywhere
                 part, scale, dummy = self.dist.local_slice(len(y))
+                self.batch_rows = (part, len(y))
                 x, y = x[part], y[part]
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             for cb in self.callbacks:
