@@ -29,6 +29,14 @@ def test_report_builders_show_summary_claims_and_missing():
     assert "<table>" in html and 'src="p.png"' in html and "A | B" in html
 
 
+def test_resumed_report_states_what_the_reused_methods_cost():
+    assert "add up to" not in build_markdown({"m": _report()}, META)   # 3 s of method time in a 60 s run
+    slow = _report()
+    slow.seconds = 5400.0   # finished by an earlier invocation, reused by --resume
+    md, page = build_markdown({"m": slow}, META), build_html({"m": slow}, META)
+    assert "took 1.0 minutes" in md and "add up to 90.0 minutes" in md and "add up to 90.0 minutes" in page
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS])
 def test_each_available_method_runs_tiny(tmp_path, capsys, method):
     """A smoke run of each method's reproduce hook on tiny data, so a broken method fails CI."""

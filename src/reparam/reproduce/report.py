@@ -58,11 +58,22 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _resumed(results: dict[str, MethodReport | str], meta: dict[str, Any]) -> str:
+    """With --resume, methods finished earlier come from the cache: say what the whole report cost."""
+    total = sum(r.seconds or 0.0 for r in results.values() if isinstance(r, MethodReport))
+    if total <= meta["seconds"] + 60:
+        return ""
+    return (f" Methods finished by an earlier invocation in this folder (--resume) were reused; the methods' own "
+            f"run times (each section) add up to {total / 60:.1f} minutes.")
+
+
 def build_markdown(results: dict[str, MethodReport | str], meta: dict[str, Any]) -> str:
     out = [f"# reparam reproduction report ({meta['mode']})", "",
            f"Command: `{meta['command']}`  ",
            f"reparam {meta['version']}, torch {meta['torch']}, {meta['threads']} thread(s), {meta['machine']}  ",
-           f"Started {meta['started']}, took {meta['seconds'] / 60:.1f} minutes, seed {meta['seed']}.", "",
+           f"Started {meta['started']}, took {meta['seconds'] / 60:.1f} minutes, seed {meta['seed']}."
+           + _resumed(results, meta),
+           "",
            "Every number below was measured by this run; verdicts are computed from the measurements with the "
            "statistic stated in each row.", "", "## Summary", "", _md_table(SUMMARY_HEAD, summary_rows(results)), ""]
     for name, r in results.items():
@@ -92,7 +103,8 @@ def build_html(results: dict[str, MethodReport | str], meta: dict[str, Any]) -> 
     parts = [f"<h1>reparam reproduction report ({e(meta['mode'])})</h1>",
              f"<p>Command: <code>{e(meta['command'])}</code><br>reparam {e(meta['version'])}, torch "
              f"{e(meta['torch'])}, {meta['threads']} thread(s), {e(meta['machine'])}<br>Started "
-             f"{e(meta['started'])}, took {meta['seconds'] / 60:.1f} minutes, seed {meta['seed']}.</p>",
+             f"{e(meta['started'])}, took {meta['seconds'] / 60:.1f} minutes, seed {meta['seed']}."
+             f"{e(_resumed(results, meta))}</p>",
              "<h2>Summary</h2>", _html_table(SUMMARY_HEAD, summary_rows(results))]
     for name, r in results.items():
         parts.append(f"<h2>{e(name)}</h2>")
@@ -117,7 +129,7 @@ def build_html(results: dict[str, MethodReport | str], meta: dict[str, Any]) -> 
 
 def write_report(out: Path, results: dict[str, MethodReport | str], meta: dict[str, Any]) -> None:
     meta = dict(meta, version=__version__, torch=torch.__version__,
-                machine=f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch thread(s)")
+                machine=f"{platform.machine()} {platform.system()}")
     atomic_write_text(out / "report.md", build_markdown(results, meta))
     atomic_write_text(out / "report.html", build_html(results, meta))
     records = {"meta": meta, "summary": [], "claims": [], "missing": {}}
