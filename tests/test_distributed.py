@@ -83,6 +83,13 @@ WORKER = COMMON + textwrap.dedent('''
             if rd.is_main():
                 save_tensors(f"{out}/{kind}.safetensors", dict(m.state_dict()), "test",
                              {"history": res.history, "test_acc": res.test_acc, "types": [type(x).__name__ for x in m]})
+        # DDP's static graph: a parameter the forward pass never uses keeps grad None, so weight decay
+        # leaves it alone exactly as in 1 process (MixtureGrowth's idle member relies on this)
+        m = model("pranc")
+        m.idle = nn.Linear(2, 2)
+        idle = m.idle.weight.detach().clone()
+        Trainer(m, data(), config("mlp", epochs=1)).fit()
+        assert m.idle.weight.grad is None and torch.equal(m.idle.weight, idle)
         # 2 processes crash after 2 epochs; 1 process resumes from their checkpoint (in the test)
         try:
             Trainer(model("mlp"), data(), config("mlp", epochs=4), [Stop(2)], out_dir=out).fit()
