@@ -15,6 +15,7 @@ import time
 import torch
 
 from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.metrics.stats import paired, paired_verdict
 
 METHOD = "mixturegrowth"
 
@@ -67,9 +68,9 @@ def _exact_claims(model_name: str) -> list[Claim]:
     ]
 
 
-def _paired(a: list[float], b: list[float]) -> tuple[float, int]:
-    d = [x - y for x, y in zip(a, b)]
-    return statistics.mean(d), sum(1 for v in d if v > 0)
+def _pp(d: dict) -> str:
+    p = "n/a" if d["p"] is None else f"{d['p']:.3f}"
+    return f"diff {100 * d['mean']:+.2f} pts, positive on {d['wins']}/{d['n']} seeds, p = {p}"
 
 
 def _ms(v: list[float]) -> str:
@@ -131,41 +132,34 @@ def run(ctx: ReproduceContext) -> MethodReport:
               "training FLOPs spent (ledger; 1.0 = target trained E epochs, net 1 free)",
               "test accuracy (%)", title=f"accuracy vs training FLOPs ({data}, {model_name}, E = {epochs})",
               errors={m: [100 * statistics.stdev(acc[m]) if len(acc[m]) > 1 else 0.0] for m in methods})
-    d_fus, n_fus = _paired(acc["mixturegrowth"], acc["wo-fusion"])
+    d_fus = paired(acc["mixturegrowth"], acc["wo-fusion"])
     best_base = [max(a, b) for a, b in zip(acc["random"], acc["net2net"])]
-    d_base, n_base = _paired(acc["mixturegrowth"], best_base)
-    d_lm, n_lm = _paired(acc["mixturegrowth"], acc["large-match"])
-    maj = len(seeds) // 2 + 1
-    stat = f"mean paired difference > 0 and positive on at least {maj}/{len(seeds)} seeds"
-
-    def verdict(d: float, n: int) -> str:
-        if d > 0 and n >= maj:
-            return "holds"
-        if d < 0 and len(seeds) - n >= maj:
-            return "does not hold"
-        return "inconclusive"
+    d_base = paired(acc["mixturegrowth"], best_base)
+    d_lm = paired(acc["mixturegrowth"], acc["large-match"])
+    stat = "paired two-sided t-test over seeds; holds / does not hold only if p < 0.05"
 
     claims += [
         Claim(METHOD, "mg-fusion-beats-wo-fusion",
               "Growing from two trained networks (fusion) beats growing from one at equal FLOPs.",
               "CIFAR-100 81.50 vs 79.44 %, CIFAR-10 96.66 vs 96.05 % (0.45X)", "WRN-28-5 -> WRN-28-10",
-              f"{_ms(acc['mixturegrowth'])} vs {_ms(acc['wo-fusion'])} (diff {100 * d_fus:+.2f} pts, "
-              f"{n_fus}/{len(seeds)} seeds)", setting, verdict(d_fus, n_fus), stat,
-              reason="" if d_fus > 0 else "at this scale both reach the same saturated accuracy on digits"
+              f"{_ms(acc['mixturegrowth'])} vs {_ms(acc['wo-fusion'])} ({_pp(d_fus)})", setting,
+              paired_verdict(d_fus), stat,
+              reason="" if d_fus["mean"] > 0 else "at this scale both reach the same saturated accuracy on digits"
               if ctx.quick else "no measurable gain from fusion on this Fashion-MNIST subset",
               details={"mixturegrowth": acc["mixturegrowth"], "wo_fusion": acc["wo-fusion"]}, command=cmd),
         Claim(METHOD, "mg-beats-growth-baselines",
               "MixtureGrowth beats Random and Net2Net growth at equal FLOPs.",
               "CIFAR-100 81.50 vs 79.08 (Random) / 79.20 (Net2Net) %", "WRN-28-5 -> WRN-28-10, 0.45X",
               f"{_ms(acc['mixturegrowth'])} vs best of Random {_ms(acc['random'])} / Net2Net "
-              f"{_ms(acc['net2net'])} (diff {100 * d_base:+.2f} pts)", setting, verdict(d_base, n_base),
+              f"{_ms(acc['net2net'])} ({_pp(d_base)})", setting, paired_verdict(d_base),
               stat + " (against the better baseline of each seed)",
               details={"random": acc["random"], "net2net": acc["net2net"], "flops_norm": flops,
                        "train_flops": train_flops, "test_acc": acc}, plots=[plot], command=cmd),
         Claim(METHOD, "mg-beats-large-match",
               "MixtureGrowth beats the target network trained from scratch with the same FLOPs (Large Match).",
-              "CIFAR-100 81.50 vs 80.95 %", "0.45X", f"{_ms(acc['mixturegrowth'])} vs {_ms(acc['large-match'])}",
-              setting, verdict(d_lm, n_lm), stat, details={"large_match": acc["large-match"]}, command=cmd),
+              "CIFAR-100 81.50 vs 80.95 %", "0.45X",
+              f"{_ms(acc['mixturegrowth'])} vs {_ms(acc['large-match'])} ({_pp(d_lm)})",
+              setting, paired_verdict(d_lm), stat, details={"large_match": acc["large-match"]}, command=cmd),
     ]
     drop_copy = statistics.mean(at_growth["copy"])
     drop_orth = statistics.mean(at_growth["orthogonal"])
