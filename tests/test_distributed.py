@@ -123,9 +123,9 @@ WORKER = COMMON + textwrap.dedent('''
                     time.sleep(600)
         try:
             Trainer(model("mlp"), data(), config("mlp", epochs=50), [Die()]).fit()
-        except rd.DistributedFailure as e:
+        except rd.DistributedFailure as e:   # what reparam.cli.main does
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(e.exit_code)
+            rd.exit_after_failure(e.exit_code)
     rd.shutdown()
 ''')
 

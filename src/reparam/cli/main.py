@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except (ReparamError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
+        from reparam.core.distributed import DistributedFailure, exit_after_failure
+
+        if isinstance(e, DistributedFailure):
+            exit_after_failure(e.exit_code)   # a broken process group must not be torn down
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

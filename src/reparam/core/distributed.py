@@ -11,11 +11,12 @@ import datetime
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -105,6 +106,18 @@ def init_distributed(timeout_s: float | None = None, backend: str = "auto") -> b
             f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {_timeout_s:g} s (--dist-timeout); "
             f"were all processes started? [{_short(str(e))}]") from None
     return is_distributed()
+
+
+def exit_after_failure(code: int) -> NoReturn:
+    """Leave at once, without the interpreter's teardown, after a DistributedFailure.
+
+    Once a peer is gone the process group cannot be torn down cleanly: destroying it during normal exit
+    sometimes ends in std::terminate ("terminate called without an active exception", exit -6) after our
+    one-line error was printed. Files are already complete (every write is atomic), so nothing is lost.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def shutdown() -> None:
