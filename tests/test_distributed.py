@@ -126,7 +126,7 @@ WORKER = COMMON + textwrap.dedent('''
         except rd.DistributedFailure as e:   # what reparam.cli.main does
             print(f"error: {e}", file=sys.stderr)
             rd.exit_after_failure(e.exit_code)
-    rd.shutdown()
+    rd.exit_process(0)   # what `python -m reparam` does at the end under torchrun
 ''')
 
 

@@ -1,4 +1,4 @@
-from reparam.cli.main import main
+from reparam.cli.main import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -73,5 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
+def entry() -> int:
+    """The `reparam` executable: main(), then, under torchrun, leave the process group and exit at once."""
+    code = main()
+    from reparam.core import distributed as rd
+
+    if rd.is_distributed():
+        rd.exit_process(code)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

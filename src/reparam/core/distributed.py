@@ -120,6 +120,17 @@ def exit_after_failure(code: int) -> NoReturn:
     os._exit(code)
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun process that finished: leave the process group, then exit without the interpreter's
+    teardown. Gloo's threads may still hold objects with Python references, and finalizing them after the
+    interpreter started shutting down sometimes aborts (exit -6 after a successful run; pytorch#190489)."""
+    try:
+        shutdown()
+    except (RuntimeError, ValueError, dist.DistError):
+        pass   # leaving anyway
+    exit_after_failure(code)
+
+
 def shutdown() -> None:
     """Leave the process group (after a failure the group is simply abandoned; the process exits)."""
     if dist.is_available() and dist.is_initialized():
