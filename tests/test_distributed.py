@@ -123,9 +123,9 @@ WORKER = COMMON + textwrap.dedent('''
                     time.sleep(600)
         try:
             Trainer(model("mlp"), data(), config("mlp", epochs=50), [Die()]).fit()
-        except rd.DistributedFailure as e:   # what reparam.cli.main does
+        except rd.DistributedFailure as e:   # what reparam.cli.main.entry does
             print(f"error: {e}", file=sys.stderr)
-            rd.exit_after_failure(e.exit_code)
+            rd.exit_process(e.exit_code, leave_group=False)
     rd.exit_process(0)   # what `python -m reparam` does at the end under torchrun
 ''')
 

@@ -149,8 +149,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
                       milestones=tuple(args.milestones), warmup_epochs=args.warmup, seed=args.seed,
-                      augment=args.augment, progress=not getattr(args, "no_progress", False),
-                      sync_bn=bool(getattr(args, "sync_bn", False)))
+                      augment=args.augment, progress=not getattr(args, "no_progress", False))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg.validate()

@@ -62,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except (ReparamError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
-        from reparam.core.distributed import DistributedFailure, exit_after_failure
-
-        if isinstance(e, DistributedFailure):
-            exit_after_failure(e.exit_code)   # a broken process group must not be torn down
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -74,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The `reparam` executable: main(), then, under torchrun, leave the process group and exit at once."""
+    """The `reparam` executable: main(), then, under torchrun, exit at once (leaving the process group only
+    after a success: after an error a peer may be gone)."""
     code = main()
     from reparam.core import distributed as rd
 
     if rd.is_distributed():
-        rd.exit_process(code)
+        rd.exit_process(code, leave_group=code == 0)
     return code
 
 

@@ -108,27 +108,21 @@ def init_distributed(timeout_s: float | None = None, backend: str = "auto") -> b
     return is_distributed()
 
 
-def exit_after_failure(code: int) -> NoReturn:
-    """Leave at once, without the interpreter's teardown, after a DistributedFailure.
+def exit_process(code: int, leave_group: bool = True) -> NoReturn:
+    """End a torchrun process without the interpreter's teardown: Gloo's threads may still hold objects with
+    Python references, and finalizing them while the interpreter shuts down sometimes aborts (exit -6 after
+    the run finished or after our one-line error; pytorch#190489). Every file is written atomically before.
 
-    Once a peer is gone the process group cannot be torn down cleanly: destroying it during normal exit
-    sometimes ends in std::terminate ("terminate called without an active exception", exit -6) after our
-    one-line error was printed. Files are already complete (every write is atomic), so nothing is lost.
+    leave_group=False after a failure: once a peer is gone the group cannot be left cleanly.
     """
+    if leave_group:
+        try:
+            shutdown()
+        except (RuntimeError, ValueError, dist.DistError):
+            pass   # leaving anyway
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a torchrun process that finished: leave the process group, then exit without the interpreter's
-    teardown. Gloo's threads may still hold objects with Python references, and finalizing them after the
-    interpreter started shutting down sometimes aborts (exit -6 after a successful run; pytorch#190489)."""
-    try:
-        shutdown()
-    except (RuntimeError, ValueError, dist.DistError):
-        pass   # leaving anyway
-    exit_after_failure(code)
 
 
 def shutdown() -> None:

@@ -64,7 +64,7 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(asdict(self), sync_bn=resolve_sync_bn(self.sync_bn))   # what the run used, for the records
 
 
 _default_device = os.environ.get("REPARAM_DEVICE", "cpu")
