@@ -10,8 +10,8 @@ import argparse
 import torch
 
 from reparam.compander import learned_scales
-from reparam.compander.experiments import DataSpec, load
-from reparam.compander.variants import parse_variant, setup_variant
+from reparam.experiments.compander.runs import DataSpec, load
+from reparam.experiments.compander.variants import parse_variant, setup_variant
 from reparam.train import Callback, TrainConfig, Trainer
 
 

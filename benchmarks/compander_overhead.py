@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from reparam.compander.overhead import step_overhead
 from reparam.data import load_dataset
+from reparam.experiments.compander.overhead import step_overhead
 from reparam.metrics import count_flops, latency
 from reparam.models import build_model
 

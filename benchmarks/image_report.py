@@ -18,7 +18,7 @@ def f(v, nd=2):
 
 def at(points, bpp, key="psnr", nd=2):
     """A classic codec's value at `bpp`, or where it cannot get there: '< its smallest file' or '> its best'."""
-    from reparam.image.classic import value_at_bpp
+    from reparam.experiments.image.classic import value_at_bpp
 
     v = value_at_bpp(points, bpp, key)
     if v is not None:
@@ -63,7 +63,7 @@ def rd_tables(runs: Path, docs: Path) -> list[str]:
         out.append(f"\nSmallest files: JPEG {f(lo_j)} bpp (quality 1), WebP {f(lo_w)} bpp (quality 0). "
                    f"Encode time per PRANC point: "
                    + ", ".join(f"{p['encode_seconds']:.0f} s" for p in r["points"]["prnc"]) + ".\n")
-        from reparam.image.rd import plot
+        from reparam.experiments.image.rd import plot
 
         plot(r, d, f"{r['source']} {w}x{h}")  # regenerate from the JSON so every plot has the same series
         for png in ("rd_psnr.png", "rd_msssim.png"):

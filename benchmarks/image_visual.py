@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from reparam.data import load_image
-from reparam.image import classic, codec
+from reparam.experiments.image import classic
+from reparam.image import codec
 from reparam.image.metrics import from_uint8, quality
 
 

@@ -15,9 +15,7 @@ import json
 import torch
 
 from reparam.data import load_dataset
-from reparam.mixturegrowth.grow import grow
-from reparam.mixturegrowth.layers import param_groups, set_member
-from reparam.mixturegrowth.pipeline import (
+from reparam.experiments.mixturegrowth.pipeline import (
     GrowSettings,
     _acc,
     _fit,
@@ -27,6 +25,8 @@ from reparam.mixturegrowth.pipeline import (
     ensemble_acc,
     train_net1,
 )
+from reparam.mixturegrowth.grow import grow
+from reparam.mixturegrowth.layers import param_groups, set_member
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from reparam.tickets.experiment import GridConfig, run_seed
+from reparam.experiments.tickets.grid import GridConfig, run_seed
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from reparam.tickets import report
+from reparam.experiments.tickets import report
 
 CELL = re.compile(r"cell_([a-z]+)_(.+)_eps([0-9.e-]+)_sp([0-9.e-]+)_(.+)_(linear|full|lmp)\.json$")
 
@@ -109,7 +109,7 @@ def omp_tables(rows, out: list[str]) -> None:
 
 def gap_section(rows, work: Path, out: list[str], summary: dict) -> None:
     from reparam.core.fileformat import load_model_state
-    from reparam.tickets.experiment import GridConfig, build, domain_gaps, load_source
+    from reparam.experiments.tickets.grid import GridConfig, build, domain_gaps, load_source
 
     cfg_path = work / "config.json"
     cfg = GridConfig(**json.loads(cfg_path.read_text()))

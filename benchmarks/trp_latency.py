@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from reparam.experiments.trp.report import measure_latency
 from reparam.trp.flops import conv_macs
 from reparam.trp.io import load_model_file
-from reparam.trp.report import measure_latency
 
 
 def main() -> None:

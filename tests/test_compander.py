@@ -15,8 +15,6 @@ from reparam.compander import (
     CompanderConfig,
     add_psi_decay_grad,
     apply,
-    apply_powerprop,
-    apply_weight_norm,
     compander_adam,
     compander_layers,
     dpsi,
@@ -32,6 +30,7 @@ from reparam.compander import (
     weight_stats,
 )
 from reparam.core.errors import ReparamError
+from reparam.experiments.compander.baselines import apply_powerprop, apply_weight_norm
 
 torch.set_num_threads(1)
 

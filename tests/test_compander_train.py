@@ -21,11 +21,11 @@ from reparam.compander import (
     psi,
 )
 from reparam.compander.callbacks import PsiDecay, WeightStatsCallback
-from reparam.compander.experiments import grid_select, grid_values
-from reparam.compander.variants import parse_variant
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_model_state
 from reparam.data import load_dataset
+from reparam.experiments.compander.runs import grid_select, grid_values
+from reparam.experiments.compander.variants import parse_variant
 from reparam.metrics.stats import paired
 from reparam.train import TrainConfig, Trainer
 
@@ -132,8 +132,8 @@ def test_cli_train_writes_folded_plain_model(tmp_path, capsys):
     assert m["params_folded"] == m["params_plain"] and m["flops_folded"] == m["flops_plain"]
     assert m["w_worst_bound_ratio"] < 1 and m["variant"] == "wc:a=0.8:b=0.5"
     assert (out / "percentiles.png").exists() and (out / "model.safetensors").exists()
-    from reparam.cli.common import build_from_spec
     from reparam.core.fileformat import read_header
+    from reparam.models import build_from_spec
 
     plain = build_from_spec(read_header(out / "model.safetensors")["model_spec"])
     load_model_state(out / "model.safetensors", plain)  # loads into the un-reparameterized architecture
@@ -169,9 +169,9 @@ def test_cli_compare_pairs_seeds(tmp_path, capsys):
 
 
 def test_reproduce_section_smoke(tmp_path, monkeypatch):
-    from reparam.compander import reproduce
-    from reparam.compander.experiments import DataSpec
-    from reparam.core.claims import ReproduceContext
+    from reparam.experiments.compander.runs import DataSpec
+    from reparam.reproduce import compander as reproduce
+    from reparam.reproduce.claims import ReproduceContext
 
     monkeypatch.setitem(reproduce.EPOCHS, "quick", 1)
     monkeypatch.setattr(reproduce, "SPEC", DataSpec(data="synthetic", model="mlp"))
@@ -187,7 +187,7 @@ def test_reproduce_section_smoke(tmp_path, monkeypatch):
 def test_alias_options_and_ab_learning_rate_group():
     v = parse_variant("wc-fine:positivity=softplus:ablr=0.1")
     assert v.options == {"learnable": "fine", "a": 0.5, "b": 1.0, "positivity": "softplus", "ablr": 0.1}
-    from reparam.compander.variants import compander_config
+    from reparam.experiments.compander.variants import compander_config
 
     assert compander_config(parse_variant("wc-fine")).positivity == "softplus"
     assert compander_config(parse_variant("wc-fine:positivity=abs")).positivity == "abs"

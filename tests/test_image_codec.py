@@ -11,7 +11,8 @@ from PIL import Image
 
 from reparam.cli.main import main
 from reparam.core.errors import ReparamError
-from reparam.image import baseline, codec, rd
+from reparam.experiments.image import baseline, rd
+from reparam.image import codec
 from reparam.image.fit import FitConfig, fit_inr
 from reparam.image.inr import InrSpec, build_inr, dense_params, layer_sizes
 from reparam.image.metrics import from_uint8, psnr
@@ -275,8 +276,8 @@ def test_rd_sweep_classic_and_prnc(tmp_path, capsys):
 
 
 def test_reproduce_hook_runs_small(tmp_path, monkeypatch):
-    from reparam.core.claims import ReproduceContext
-    from reparam.image import reproduce
+    from reparam.reproduce import image_codec as reproduce
+    from reparam.reproduce.claims import ReproduceContext
 
     monkeypatch.setattr(reproduce, "QUICK", (24, 5, 30.0))
     rep = reproduce.run(ReproduceContext(out_dir=tmp_path, quick=True))

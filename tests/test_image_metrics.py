@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from reparam.image import classic
+from reparam.experiments.image import classic
 from reparam.image.metrics import msssim, msssim_kind, psnr, quality
 
 torch.set_num_threads(1)

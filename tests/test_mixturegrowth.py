@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 
 from reparam.core.errors import ReparamError
+from reparam.experiments.mixturegrowth.baselines import widen
+from reparam.experiments.mixturegrowth.cka import linear_cka
 from reparam.mixturegrowth import (
     MemberBatchNorm2d,
     MixtureGrowthConfig,
@@ -19,8 +21,6 @@ from reparam.mixturegrowth import (
     set_member,
     template_layers,
 )
-from reparam.mixturegrowth.baselines import widen
-from reparam.mixturegrowth.cka import linear_cka
 from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, match_epochs, solve_budget
 from reparam.mixturegrowth.layers import full_layer_size, template_parameter_count
 
@@ -358,7 +358,7 @@ def test_member_mode_restores():
 
 
 def test_reproduce_exact_claims_hold():
-    from reparam.mixturegrowth.reproduce import _exact_claims
+    from reparam.reproduce.mixturegrowth import _exact_claims
 
     claims = _exact_claims("wrn-10-1")
     assert [c.verdict for c in claims] == ["holds"] * 3
@@ -366,7 +366,7 @@ def test_reproduce_exact_claims_hold():
 
 
 def test_code_style_restart_schedule():
-    from reparam.mixturegrowth.pipeline import CosineRestarts
+    from reparam.experiments.mixturegrowth.pipeline import CosineRestarts
 
     cb = CosineRestarts(1e-4, total_steps=40, cycles=4, decay=0.5, lr_min=3e-5)
     assert cb.value(0) == pytest.approx(1e-4)

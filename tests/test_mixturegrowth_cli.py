@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reparam.cli.main import main
-from reparam.mixturegrowth.compare import Job, _normalize, plan_jobs
-from reparam.mixturegrowth.pipeline import GrowSettings
+from reparam.experiments.mixturegrowth.compare import Job, _normalize, plan_jobs
+from reparam.experiments.mixturegrowth.pipeline import GrowSettings
 
 torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def _rec(method, seed, acc, **over):
 
 
 def test_summarize_tables(tmp_path):
-    from reparam.mixturegrowth.compare import cka_plots, growth_curves, summarize
+    from reparam.experiments.mixturegrowth.compare import cka_plots, growth_curves, summarize
 
     base = GrowSettings(budget=0.45, fraction=1.0)
     recs = []

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reparam.core import generator as gen
 from reparam.core.errors import ReparamError
 from reparam.pranc import PrancConfig, apply_pranc, fold_pranc, set_inference
-from reparam.pranc import generator as gen
 from reparam.pranc.core import CANON_ROWS, tree_sum
 from reparam.pranc.fileio import decode_prnc, inspect_prnc, load_prnc, round_alpha, save_prnc
 
@@ -291,7 +291,7 @@ def test_fp16_coefficients(tmp_path):
 
 
 def test_file_with_architecture_decodes(tmp_path):
-    from reparam.cli.common import build_from_spec
+    from reparam.models import build_from_spec
 
     spec = {"name": "mlp", "num_classes": 3, "in_channels": 1, "image_size": [4, 4], "mean": [0.0],
             "std": [1.0], "options": {"hidden": [8]}}

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reparam.experiments.pranc.baselines import apply_hashednet, magnitude_prune, regress_onto_basis
+from reparam.experiments.pranc.runs import orthogonality
 from reparam.pranc import PrancConfig, apply_pranc, pranc_core
-from reparam.pranc.baselines import apply_hashednet, magnitude_prune, regress_onto_basis
-from reparam.pranc.experiments import orthogonality
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from reparam.cli.main import main
-from reparam.core.claims import Claim, MethodReport, MethodSummary
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary
 from reparam.reproduce.report import build_html, build_markdown
 from reparam.reproduce.runner import METHODS
 

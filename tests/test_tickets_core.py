@@ -200,8 +200,8 @@ def test_channel_ticket_export_is_exact_and_smaller():
 
 
 def test_noise_training_callback_and_domain_shifts():
+    from reparam.experiments.tickets.targets import apply_shift, register_targets
     from reparam.tickets.attacks import GaussianNoiseTraining
-    from reparam.tickets.targets import apply_shift, register_targets
 
     x = torch.rand(5, 1, 8, 8)
     xn, _ = GaussianNoiseTraining(0.5).before_forward(None, x, None)

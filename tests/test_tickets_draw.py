@@ -10,12 +10,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from reparam.experiments.tickets.evaluation import ood_metrics
+from reparam.experiments.tickets.transfer import transfer
 from reparam.tickets import masks as mk
 from reparam.tickets.attacks import AdversarialTraining, PGDConfig
 from reparam.tickets.draw import IMPConfig, LMPConfig, ScoreMask, attach_scores, imp, imp_sparsity, lmp, omp
-from reparam.tickets.evaluation import ood_metrics
 from reparam.tickets.patterns import Pattern
-from reparam.tickets.transfer import transfer
 from reparam.train import TrainConfig, Trainer
 
 torch.set_num_threads(1)

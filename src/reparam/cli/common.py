@@ -169,22 +169,6 @@ def load_splits(args: argparse.Namespace, **options: Any):
                         train_subset=subset, **options)
 
 
-def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
-    """The spec of an architecture for `splits`, in the same form as `model.build_args`."""
-    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
-            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
-            "options": options}
-
-
-def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild an architecture from `model.build_args` (as stored in file headers)."""
-    from reparam.models import build_model
-
-    return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                       image_size=tuple(spec["image_size"]), mean=spec.get("mean"), std=spec.get("std"),
-                       **spec.get("options", {}))
-
-
 def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = None):
     """Runtime settings, data and a freshly initialised model (seeded). Validates before anything is written."""
     setup_runtime(args)

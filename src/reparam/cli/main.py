@@ -15,13 +15,13 @@ from reparam.core.errors import ReparamError, TrainingDiverged
 
 COMMAND_MODULES = [
     "reparam.cli.train_cmd",
-    "reparam.pranc.cli",
-    "reparam.image.cli",
-    "reparam.mixturegrowth.cli",
-    "reparam.trp.cli",
-    "reparam.compander.cli",
-    "reparam.tickets.cli",
-    "reparam.reproduce.cli",
+    "reparam.cli.pranc",
+    "reparam.cli.image",
+    "reparam.cli.mixturegrowth",
+    "reparam.cli.trp",
+    "reparam.cli.compander",
+    "reparam.cli.tickets",
+    "reparam.cli.reproduce",
 ]
 
 

@@ -5,7 +5,6 @@ hard-bounded by a*pi/2 and near-zero weights get larger updates. After training 
 folded away, so inference costs nothing extra. See docs/compander.md.
 """
 
-from reparam.compander.baselines import PowerProp, apply_powerprop, apply_weight_norm
 from reparam.compander.functions import FUNCTIONS, dpsi, psi, psi_inverse
 from reparam.compander.optim import CompanderAdam, compander_adam
 from reparam.compander.parametrization import (
@@ -26,8 +25,8 @@ from reparam.compander.parametrization import (
 from reparam.compander.stats import percentile_plot, weight_stats
 
 __all__ = [
-    "ABScale", "Compander", "CompanderAdam", "CompanderConfig", "FUNCTIONS", "PowerProp",
-    "add_psi_decay_grad", "apply", "apply_powerprop", "apply_weight_norm", "compander_adam",
+    "ABScale", "Compander", "CompanderAdam", "CompanderConfig", "FUNCTIONS",
+    "add_psi_decay_grad", "apply", "compander_adam",
     "compander_layers", "dpsi", "fold", "latent_parameters", "learned_scales", "param_groups",
     "percentile_plot", "plain_state_dict", "psi", "psi_decay_penalty", "psi_inverse", "scale_parameters",
     "weight_stats",

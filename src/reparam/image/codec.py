@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from reparam.core import generator as gen
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_tensors, save_tensors
 from reparam.image.fit import FitConfig, FitResult, fit_inr
 from reparam.image.inr import InrSpec, build_inr, layer_sizes, layernorm_state
 from reparam.image.metrics import to_uint8
 from reparam.pranc import PrancConfig, apply_pranc
-from reparam.pranc import generator as gen
 from reparam.pranc.core import CANON_ROWS, pranc_core
 from reparam.pranc.fileio import KIND, PRANC_VERSION, read_prnc_header
 
@@ -319,7 +319,7 @@ def bpp_report(file_bytes: int, k: int, h: int, w: int) -> dict[str, float]:
 
 
 def png_bytes(img_uint8: torch.Tensor) -> bytes:
-    from reparam.image.classic import to_pil
+    from reparam.image.metrics import to_pil
 
     buf = io.BytesIO()
     to_pil(img_uint8.float() / 255.0).save(buf, format="PNG")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from PIL import Image
 from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
@@ -60,3 +62,17 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div(255.0)
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """[C, H, W] float in [0, 1] -> 8-bit Pillow image (L for 1 channel, RGB for 3)."""
+    arr = to_uint8(x).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
+
+
+def from_pil(im: Image.Image, channels: int) -> torch.Tensor:
+    im = im.convert("L" if channels == 1 else "RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return from_uint8(torch.from_numpy(arr.transpose(2, 0, 1).copy()))

@@ -13,7 +13,15 @@ build_model rejects options the builder does not name.
 from reparam.models import cnn, fourier, lenet, mlp, resnet, resnet_cifar, vgg, wrn  # noqa: F401  (register)
 from reparam.models.base import Classifier, Normalize, replace_head
 from reparam.models.fourier import FourierMLP, coords
-from reparam.models.registry import MODEL_PATTERNS, MODELS, build_model, model_options, register_model
+from reparam.models.registry import (
+    MODEL_PATTERNS,
+    MODELS,
+    build_from_spec,
+    build_model,
+    model_options,
+    model_spec,
+    register_model,
+)
 
 __all__ = [
     "MODELS",
@@ -21,9 +29,11 @@ __all__ = [
     "Classifier",
     "FourierMLP",
     "Normalize",
+    "build_from_spec",
     "build_model",
     "coords",
     "model_options",
+    "model_spec",
     "register_model",
     "replace_head",
 ]

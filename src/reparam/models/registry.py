@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -140,3 +141,17 @@ def _as_list(value) -> list[float] | None:
     if isinstance(value, (int, float)):
         return [float(value)]
     return [float(v) for v in value]
+
+
+def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
+    """The spec of an architecture for `splits`, in the same form as `model.build_args`."""
+    return {"name": name, "num_classes": splits.num_classes, "in_channels": splits.in_channels,
+            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
+            "options": options}
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an architecture from `model.build_args` (as stored in file headers)."""
+    return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                       image_size=tuple(spec["image_size"]), mean=spec.get("mean"), std=spec.get("std"),
+                       **spec.get("options", {}))

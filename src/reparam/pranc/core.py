@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from reparam.core import generator
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
-from reparam.pranc import generator
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.layout import Block, Segment, build_layout
 

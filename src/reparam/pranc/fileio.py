@@ -7,7 +7,7 @@ and a header (JSON) with
     pranc_version, content ("classifier" | "image" | ...), generator {name, version}, seed, distribution,
     sigma, mode, chunk, init, layout ("global" | "per-layer"), blocks [{index, name, k, d, alpha_offset}],
     segments [{module, tensor, shape, block, offset, scale}], canon_rows, coef_dtype,
-    architecture (reparam.cli.common.model_spec dict, or null when the caller supplies the model),
+    architecture (reparam.models.model_spec dict, or null when the caller supplies the model),
     param_hash (sha256 of the dense model's state_dict names and shapes), dense_tensors {name: shape},
     counts {k, d, dense_params, stored_numbers, stored_bn_numbers, ...}, extra (free-form, caller's).
 """
@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from reparam.core import generator
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import check_state_matches, load_tensors, read_header, save_tensors
-from reparam.pranc import generator
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import CANON_ROWS, PrancCoefficients, apply_pranc, fold_pranc, pranc_core
 from reparam.pranc.layout import Segment
@@ -199,7 +199,7 @@ def load_prnc(path: str | Path, model: nn.Module | None = None, *, seed: int | N
     if model is None:
         if not header.get("architecture"):
             raise ReparamError(f"{path}: the file has no architecture spec; pass the model to load_prnc")
-        from reparam.cli.common import build_from_spec
+        from reparam.models import build_from_spec
 
         try:
             model = build_from_spec(header["architecture"])

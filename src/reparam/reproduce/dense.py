@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 
 def run(ctx: ReproduceContext) -> MethodReport:

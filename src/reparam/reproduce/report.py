@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from reparam import __version__
-from reparam.core.claims import MethodReport
 from reparam.core.fileformat import atomic_write_text
 from reparam.core.outdir import write_json
+from reparam.reproduce.claims import MethodReport
 
 VERDICT_MARK = {"holds": "holds", "does not hold": "DOES NOT HOLD", "inconclusive": "inconclusive"}
 

@@ -9,19 +9,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.core.errors import ReparamError
 from reparam.core.outdir import write_json
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 # Order of sections in the report. A method whose package has not landed is listed as "not available".
 METHODS = {
     "dense": "reparam.reproduce.dense",
-    "pranc": "reparam.pranc.reproduce",
-    "image-codec": "reparam.image.reproduce",
-    "mixturegrowth": "reparam.mixturegrowth.reproduce",
-    "trp": "reparam.trp.reproduce",
-    "compander": "reparam.compander.reproduce",
-    "tickets": "reparam.tickets.reproduce",
+    "pranc": "reparam.reproduce.pranc",
+    "image-codec": "reparam.reproduce.image_codec",
+    "mixturegrowth": "reparam.reproduce.mixturegrowth",
+    "trp": "reparam.reproduce.trp",
+    "compander": "reparam.reproduce.compander",
+    "tickets": "reparam.reproduce.tickets",
 }
 
 

@@ -24,9 +24,9 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by reparam (plain or TRP-decomposed) from its header's model_spec.
 
     Relies on the header key 'model_spec' that reparam.cli.common.train_and_report writes, rebuilt with
-    reparam.cli.common.build_from_spec.
+    reparam.models.build_from_spec.
     """
-    from reparam.cli.common import build_from_spec
+    from reparam.models import build_from_spec
 
     tensors, header = load_tensors(path, ("model", "checkpoint"))
     spec = header.get("model_spec")

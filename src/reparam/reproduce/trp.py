@@ -11,7 +11,7 @@ import statistics
 import time
 from typing import Any
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 ENERGY = 0.05
 QUICK_EPOCHS = 8
@@ -39,8 +39,8 @@ def _train(splits, seed: int, epochs: int, mode: str, scheme: str = "channel", n
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
+    from reparam.experiments.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
     from reparam.metrics.plots import line_plot
-    from reparam.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
 
     t0 = time.perf_counter()
     tiny = getattr(ctx, "tiny", False)   # smoke-test size for the test suite; verdicts meaningless

@@ -14,8 +14,15 @@ from typing import Any
 import torch
 
 from reparam.core.errors import ReparamError, choose
-from reparam.mixturegrowth.cka import save_heatmap
-from reparam.mixturegrowth.pipeline import METHODS, GrowSettings, RunResult, epoch_cka, run_method, train_net1
+from reparam.experiments.mixturegrowth.cka import save_heatmap
+from reparam.experiments.mixturegrowth.pipeline import (
+    METHODS,
+    GrowSettings,
+    RunResult,
+    epoch_cka,
+    run_method,
+    train_net1,
+)
 
 TABLES = ("1", "2", "4", "6")
 TABLE1_METHODS = ("large", "large-match", "small", "small-match", "random", "net2net", "wo-fusion",

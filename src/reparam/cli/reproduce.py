@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from reparam.core.claims import ReproduceContext
+    from reparam.reproduce.claims import ReproduceContext
     from reparam.reproduce.report import summary_rows, write_report
     from reparam.reproduce.runner import run_reproduce
 

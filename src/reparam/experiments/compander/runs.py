@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from reparam.compander.parametrization import learned_scales
-from reparam.compander.variants import Variant, parse_variant, setup_variant
 from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import seed_everything
+from reparam.experiments.compander.variants import Variant, parse_variant, setup_variant
 from reparam.metrics.stats import mean_std, paired
 from reparam.train import TrainConfig, Trainer
 

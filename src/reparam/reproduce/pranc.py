@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.metrics.stats import paired, paired_verdict
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 MODEL_OPTIONS = {"hidden": [64, 32]}
 
@@ -24,9 +24,9 @@ def _cmd(extra: str) -> str:
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.cli.common import build_from_spec, model_spec
+    from reparam.experiments.pranc import runs as ex
     from reparam.metrics.plots import line_plot
-    from reparam.pranc import experiments as ex
+    from reparam.models import build_from_spec, model_spec
     from reparam.pranc.config import PrancConfig
     from reparam.pranc.fileio import load_prnc, save_prnc
 

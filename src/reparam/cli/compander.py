@@ -14,7 +14,6 @@ from reparam.cli.common import (
     add_data_args,
     add_runtime_args,
     add_train_args,
-    build_from_spec,
     config_from_args,
     positive_float,
     positive_int,
@@ -22,7 +21,12 @@ from reparam.cli.common import (
     setup_runtime,
     train_and_report,
 )
-from reparam.compander.experiments import (
+from reparam.compander.parametrization import fold, learned_scales
+from reparam.compander.stats import percentile_plot
+from reparam.core.errors import ReparamError
+from reparam.core.outdir import output_dir, write_json
+from reparam.core.parametrize import exclude
+from reparam.experiments.compander.runs import (
     DataSpec,
     grid_select,
     grid_values,
@@ -30,12 +34,8 @@ from reparam.compander.experiments import (
     run_many,
     summarize,
 )
-from reparam.compander.parametrization import fold, learned_scales
-from reparam.compander.stats import percentile_plot
-from reparam.compander.variants import parse_variant, setup_variant
-from reparam.core.errors import ReparamError
-from reparam.core.outdir import output_dir, write_json
-from reparam.core.parametrize import exclude
+from reparam.experiments.compander.variants import parse_variant, setup_variant
+from reparam.models import build_from_spec
 
 # The spec's §6.3 digits protocol: SGD m=0.9, lr 0.1 x0.2 at 30/60/80% of training, batch 64, wd 5e-4,
 # random +-1 pixel shift. Milestones are given as fractions so that --epochs rescales them.
@@ -181,7 +181,7 @@ def _spec(args: argparse.Namespace) -> DataSpec:
 
 def _check_data(spec: DataSpec) -> None:
     """Fail on a bad dataset/model name before any folder is created."""
-    from reparam.compander.experiments import load
+    from reparam.experiments.compander.runs import load
 
     load(spec, 0)
 

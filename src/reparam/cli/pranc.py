@@ -234,10 +234,11 @@ def cmd_inspect(args) -> int:
 
 # ---------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
-    from reparam.cli.common import load_splits, model_spec, print_table, setup_runtime
+    from reparam.cli.common import load_splits, print_table, setup_runtime
     from reparam.core.outdir import output_dir, write_json
+    from reparam.experiments.pranc import runs as ex
     from reparam.metrics.plots import line_plot
-    from reparam.pranc import experiments as ex
+    from reparam.models import model_spec
     from reparam.pranc.config import PrancConfig
 
     setup_runtime(args)
@@ -319,10 +320,11 @@ def _jsonable_args(args) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- ablations
 def cmd_ablate(args) -> int:
-    from reparam.cli.common import load_splits, model_spec, print_table, setup_runtime
+    from reparam.cli.common import load_splits, print_table, setup_runtime
     from reparam.core.outdir import output_dir, write_json
+    from reparam.experiments.pranc import runs as ex
     from reparam.metrics.plots import line_plot
-    from reparam.pranc import experiments as ex
+    from reparam.models import model_spec
     from reparam.pranc.config import PrancConfig
     from reparam.pranc.fileio import load_prnc
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, features
 
 from reparam.core.errors import ReparamError
-from reparam.image.metrics import from_uint8, quality, to_uint8
+from reparam.image.metrics import from_pil, from_uint8, quality, to_pil, to_uint8
 
 # name -> (Pillow format, default quality sweep, feature name for features.check)
 CLASSIC = {
@@ -27,20 +26,6 @@ CLASSIC = {
 
 def available(name: str) -> bool:
     return name in CLASSIC and bool(features.check(CLASSIC[name][2]))
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """[C, H, W] float in [0, 1] -> 8-bit Pillow image (L for 1 channel, RGB for 3)."""
-    arr = to_uint8(x).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
-
-
-def from_pil(im: Image.Image, channels: int) -> torch.Tensor:
-    im = im.convert("L" if channels == 1 else "RGB")
-    arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return from_uint8(torch.from_numpy(arr.transpose(2, 0, 1).copy()))
 
 
 def encode_bytes(x: torch.Tensor, codec: str, q: int) -> bytes:

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.metrics.stats import paired, paired_verdict
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 METHOD = "mixturegrowth"
 
@@ -79,15 +79,15 @@ def _ms(v: list[float]) -> str:
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.metrics.plots import line_plot
-    from reparam.mixturegrowth.grow import grow
-    from reparam.mixturegrowth.pipeline import (
+    from reparam.experiments.mixturegrowth.pipeline import (
         GrowSettings,
         _acc,
         _net1_model,
         run_method,
         train_net1,
     )
+    from reparam.metrics.plots import line_plot
+    from reparam.mixturegrowth.grow import grow
 
     t0 = time.perf_counter()
     torch.set_num_threads(ctx.threads)

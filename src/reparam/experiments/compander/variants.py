@@ -14,12 +14,12 @@ from typing import Any
 
 import torch.nn as nn
 
-from reparam.compander.baselines import apply_powerprop, apply_weight_norm
 from reparam.compander.callbacks import PsiDecay, WeightStatsCallback
 from reparam.compander.optim import compander_adam
 from reparam.compander.parametrization import CompanderConfig, apply, param_groups
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
+from reparam.experiments.compander.baselines import apply_powerprop, apply_weight_norm
 from reparam.train import Callback, TrainConfig
 
 KINDS = ("plain", "wc", "wn", "pp")

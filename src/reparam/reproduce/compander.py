@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from reparam.compander.experiments import DataSpec, load, run_one
 from reparam.compander.functions import dpsi, psi
 from reparam.compander.parametrization import CompanderConfig, apply, compander_layers, fold
 from reparam.compander.stats import percentile_plot
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.experiments.compander.runs import DataSpec, load, run_one
 from reparam.metrics.stats import paired, paired_verdict
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.train import TrainConfig
 
 A, B = 0.8, 0.5
@@ -224,7 +224,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         statistic="last-layer a > 1 and every conv |a - 0.5| <= 0.35 (one seed)",
         details={"scales": fine["scales_final"]}, command=cmd.replace("plain,wc,wc-fine", "wc-fine")))
 
-    from reparam.compander.overhead import step_overhead
+    from reparam.experiments.compander.overhead import step_overhead
 
     splits0, base0 = load(spec, seeds[0])
     oh = _cached(ctx, f"{mode}-overhead", lambda: {

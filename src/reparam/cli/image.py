@@ -181,7 +181,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_rd(args: argparse.Namespace) -> int:
-    from reparam.image import rd
+    from reparam.experiments.image import rd
 
     _threads(args)
     codecs = rd.parse_codecs(args.codecs)

@@ -12,7 +12,6 @@ from typing import Any
 from reparam.cli.common import (
     add_runtime_args,
     add_train_args,
-    build_from_spec,
     float_list,
     int_list,
     positive_int,
@@ -22,6 +21,7 @@ from reparam.cli.common import (
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_model_state, read_header
 from reparam.core.outdir import output_dir, write_json
+from reparam.models import build_from_spec
 
 
 def _class_list(text: str) -> list[int]:
@@ -134,9 +134,9 @@ def register(subparsers) -> None:
 def cmd_pretrain(args) -> int:
     from reparam.cli.common import load_splits, train_and_report
     from reparam.core.runtime import seed_everything
+    from reparam.experiments.tickets.targets import register_targets
     from reparam.models import build_model
     from reparam.tickets.attacks import AdversarialTraining, GaussianNoiseTraining, PGDConfig, robust_accuracy
-    from reparam.tickets.targets import register_targets
 
     setup_runtime(args)
     register_targets()
@@ -199,11 +199,11 @@ def load_pretrained(path: Path):
 
 def cmd_draw(args) -> int:
     from reparam.data import load_dataset
+    from reparam.experiments.tickets.grid import few_shot
+    from reparam.experiments.tickets.targets import register_targets
     from reparam.tickets import masks as mk
     from reparam.tickets.draw import IMPConfig, LMPConfig, imp, lmp, omp
-    from reparam.tickets.experiment import few_shot
     from reparam.tickets.patterns import parse_pattern
-    from reparam.tickets.targets import register_targets
     from reparam.train import TrainConfig
 
     setup_runtime(args)
@@ -268,12 +268,12 @@ def cmd_draw(args) -> int:
 
 def cmd_transfer(args) -> int:
     from reparam.data import load_dataset
+    from reparam.experiments.tickets.evaluation import ood_eval
+    from reparam.experiments.tickets.grid import few_shot
+    from reparam.experiments.tickets.targets import register_targets
+    from reparam.experiments.tickets.transfer import LinearConfig, transfer
     from reparam.tickets import masks as mk
     from reparam.tickets.attacks import PGDConfig, robust_accuracy
-    from reparam.tickets.evaluation import ood_eval
-    from reparam.tickets.experiment import few_shot
-    from reparam.tickets.targets import register_targets
-    from reparam.tickets.transfer import LinearConfig, transfer
     from reparam.train import TrainConfig
 
     setup_runtime(args)
@@ -356,8 +356,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from reparam.tickets import report
-    from reparam.tickets.experiment import GridConfig, domain_gaps, load_source, run_seed
+    from reparam.experiments.tickets import report
+    from reparam.experiments.tickets.grid import GridConfig, domain_gaps, load_source, run_seed
 
     setup_runtime(args)
     cfg = GridConfig(source=args.data, source_classes=args.classes, targets=args.targets.split(","),
@@ -378,7 +378,7 @@ def cmd_compare(args) -> int:
             for seed in cfg.seeds:
                 rows += run_seed(cfg, seed, work_cache, progress=lambda msg: prog.console.print(msg))
                 if 0.0 in cfg.eps:
-                    from reparam.tickets.experiment import Cache, build
+                    from reparam.experiments.tickets.grid import Cache, build
 
                     src = load_source(cfg, seed)
                     nat, _ = Cache(work_cache / f"seed{seed}").model("pre_eps0", lambda: None,

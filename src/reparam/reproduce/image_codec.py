@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 METHOD = "image-codec"
 QUICK = (48, 250, 4.0)    # image side, fit steps, target true bpp
@@ -25,7 +25,8 @@ TINY_FULL = (32, 40, 8.0)  # the test suite's smoke test of the full-mode path (
 
 def run(ctx: ReproduceContext) -> MethodReport:
     from reparam.data import load_image
-    from reparam.image import classic, codec, rd
+    from reparam.experiments.image import classic, rd
+    from reparam.image import codec
     from reparam.image.fit import FitConfig
     from reparam.image.inr import InrSpec
     from reparam.image.metrics import from_uint8, quality

@@ -16,8 +16,8 @@ DEFAULTS = dict(model="wrn-10-2", full_epochs=20, budget=0.45, fraction=1.0)
 
 
 def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
+    from reparam.experiments.mixturegrowth.pipeline import GROWN_SCHEDULES
     from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS
-    from reparam.mixturegrowth.pipeline import GROWN_SCHEDULES
 
     add_data_args(p, "digits")
     p.add_argument("--model", default=DEFAULTS["model"], help="target network wrn-D-K (default wrn-10-2); "
@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from reparam.mixturegrowth.pipeline import METHODS
+    from reparam.experiments.mixturegrowth.pipeline import METHODS
 
     p = sub.add_parser("grow", help="MixtureGrowth: grow two trained small networks into a wider one",
                        description="Train network 1 and network 2 (template-mixing members), grow them into "
@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from reparam.mixturegrowth.pipeline import GrowSettings
+    from reparam.experiments.mixturegrowth.pipeline import GrowSettings
 
     augment = None if str(args.augment).lower() in ("none", "") else args.augment
     if augment is not None:
@@ -126,12 +126,12 @@ def run_grow(args: argparse.Namespace) -> int:
     import torch
 
     from reparam.core.fileformat import save_model
+    from reparam.experiments.mixturegrowth.cka import save_heatmap
+    from reparam.experiments.mixturegrowth.pipeline import epoch_cka, macs, run_method, solve_budget, train_net1
     from reparam.metrics import count_params
     from reparam.metrics.plots import training_curves
-    from reparam.mixturegrowth.cka import save_heatmap
     from reparam.mixturegrowth.grow import fold_to_plain
     from reparam.mixturegrowth.layers import is_template_mixing
-    from reparam.mixturegrowth.pipeline import epoch_cka, macs, run_method, solve_budget, train_net1
 
     if not args.out:
         raise ReparamError("--out is required: the output folder for metrics.json, logs and plots")
@@ -196,7 +196,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from reparam.core.outdir import partial_path
-    from reparam.mixturegrowth.compare import cka_plots, growth_curves, plan_jobs, run_jobs, summarize
+    from reparam.experiments.mixturegrowth.compare import cka_plots, growth_curves, plan_jobs, run_jobs, summarize
 
     set_threads(args.threads if args.threads else default_threads())
     args.seed = args.first_seed

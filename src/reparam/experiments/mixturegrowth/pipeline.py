@@ -26,8 +26,8 @@ import torch.nn as nn
 from reparam.core.errors import ReparamError, choose
 from reparam.core.fileformat import load_tensors, save_tensors
 from reparam.core.runtime import derive_seed, seed_everything
-from reparam.mixturegrowth.baselines import widen
-from reparam.mixturegrowth.cka import cka_matrix, conv_outputs
+from reparam.experiments.mixturegrowth.baselines import widen
+from reparam.experiments.mixturegrowth.cka import cka_matrix, conv_outputs
 from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, match_epochs, solve_budget
 from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS, grow
 from reparam.mixturegrowth.layers import MixtureGrowthConfig, apply, member_mode, param_groups, set_member

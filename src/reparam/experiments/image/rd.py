@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from reparam.core.errors import ReparamError
-from reparam.image import baseline, classic, codec
+from reparam.experiments.image import baseline, classic
+from reparam.image import codec
 from reparam.image.metrics import from_uint8, quality
 
 CODECS = ("prnc", "inr", "jpeg", "webp", "jp2")

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from reparam.core.runtime import seed_everything
+from reparam.experiments.pranc.baselines import apply_hashednet, magnitude_prune, narrow_options, regress_onto_basis
 from reparam.metrics import accuracy
-from reparam.pranc.baselines import apply_hashednet, magnitude_prune, narrow_options, regress_onto_basis
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import apply_pranc, pranc_core
 from reparam.pranc.fileio import counts
@@ -22,7 +22,7 @@ from reparam.train import TrainConfig, Trainer
 
 
 def build(spec: dict[str, Any], seed: int, **options: Any) -> nn.Module:
-    from reparam.cli.common import build_from_spec
+    from reparam.models import build_from_spec
 
     seed_everything(seed)
     s = dict(spec)

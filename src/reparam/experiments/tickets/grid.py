@@ -21,12 +21,12 @@ from torch.utils.data import TensorDataset
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import atomic_write_text, load_model_state, save_model
 from reparam.core.runtime import derive_seed, seed_everything
+from reparam.experiments.tickets.evaluation import linear_mmd, ood_eval, proxy_a_distance
+from reparam.experiments.tickets.transfer import LinearConfig, extract_features, transfer
 from reparam.tickets import masks as mk
 from reparam.tickets.attacks import AdversarialTraining, GaussianNoiseTraining, PGDConfig, robust_accuracy
 from reparam.tickets.draw import IMPConfig, LMPConfig, imp, lmp, omp
-from reparam.tickets.evaluation import linear_mmd, ood_eval, proxy_a_distance
 from reparam.tickets.patterns import parse_pattern
-from reparam.tickets.transfer import LinearConfig, extract_features, transfer
 
 SCHEMES = ("omp", "imp", "aimp", "lmp")
 
@@ -124,7 +124,7 @@ def few_shot(splits, shots: int, seed: int):
 
 def load_source(cfg: GridConfig, seed: int):
     from reparam.data import load_dataset
-    from reparam.tickets.targets import register_targets
+    from reparam.experiments.tickets.targets import register_targets
 
     register_targets()
     return load_dataset(cfg.source, seed=seed, root=cfg.data_root, classes=cfg.source_classes,
@@ -133,7 +133,7 @@ def load_source(cfg: GridConfig, seed: int):
 
 def load_target(cfg: GridConfig, name: str, seed: int, image_size=None):
     from reparam.data import limit_test, load_dataset
-    from reparam.tickets.targets import register_targets
+    from reparam.experiments.tickets.targets import register_targets
 
     register_targets()
     opts: dict[str, Any] = {"classes": cfg.target_classes}

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from reparam.core.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 
 PAPER = "Fu et al., Robust Tickets Can Transfer Better (DAC 2023, arXiv 2304.11834)"
 
 
 def grid_for(ctx: ReproduceContext):
-    from reparam.tickets.experiment import GridConfig
+    from reparam.experiments.tickets.grid import GridConfig
 
     seeds = list(range(ctx.seed, ctx.seed + (1 if ctx.tiny else ctx.seeds)))
     if ctx.tiny and ctx.quick:
@@ -53,7 +53,7 @@ def _grid_command(cfg, work: str) -> str:
     options for the source subset and the test limits)."""
     from dataclasses import fields
 
-    from reparam.tickets.experiment import GridConfig
+    from reparam.experiments.tickets.grid import GridConfig
 
     default = GridConfig()
     opts = " ".join(shlex.quote(f"{f.name}={json.dumps(getattr(cfg, f.name))}") for f in fields(cfg)
@@ -76,8 +76,8 @@ def _verdict(mean: float, share: float, gate_mean: float, gate_share: float) -> 
 
 def run(ctx: ReproduceContext) -> MethodReport:
     from reparam.core.runtime import set_threads
-    from reparam.tickets import report
-    from reparam.tickets.experiment import run_seed
+    from reparam.experiments.tickets import report
+    from reparam.experiments.tickets.grid import run_seed
 
     t0 = time.perf_counter()
     set_threads(ctx.threads)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from reparam.compander.variants import parse_variant, setup_variant
+from reparam.experiments.compander.variants import parse_variant, setup_variant
 from reparam.train import TrainConfig, Trainer
 
 

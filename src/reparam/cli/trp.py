@@ -100,10 +100,10 @@ def _check_scheme_rule(scheme: str, rule: str) -> tuple[str, str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from reparam.experiments.trp.report import decompose_and_measure, rank_history_plot
     from reparam.trp.callback import TRPCallback
     from reparam.trp.io import save_decomposed
     from reparam.trp.project import select_targets
-    from reparam.trp.report import decompose_and_measure, rank_history_plot
 
     rule = args.decompose_rule or ("energy:0.15" if args.mode == "none" else "value:0.05")
     scheme, rule = _check_scheme_rule(args.scheme, rule)
@@ -164,8 +164,8 @@ def _print_summary(m: dict[str, Any], out: str) -> None:
 
 
 def run_decompose(args: argparse.Namespace) -> int:
+    from reparam.experiments.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
     from reparam.trp.io import load_model_file, save_decomposed
-    from reparam.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
 
     setup_runtime(args)
     scheme = canonical_scheme(args.scheme)

@@ -1,0 +1,1 @@
+"""The experiment harness: per-method baselines, comparisons, sweeps and ablations (above the methods)."""

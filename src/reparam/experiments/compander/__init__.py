@@ -1,0 +1,1 @@
+"""compander experiments: baselines, comparisons and sweeps built on reparam.compander."""

@@ -1,0 +1,1 @@
+"""image experiments: baselines, comparisons and sweeps built on reparam.image."""

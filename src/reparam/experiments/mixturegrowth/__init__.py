@@ -1,0 +1,1 @@
+"""mixturegrowth experiments: baselines, comparisons and sweeps built on reparam.mixturegrowth."""

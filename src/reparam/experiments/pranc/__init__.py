@@ -1,0 +1,1 @@
+"""pranc experiments: baselines, comparisons and sweeps built on reparam.pranc."""

@@ -1,0 +1,1 @@
+"""tickets experiments: baselines, comparisons and sweeps built on reparam.tickets."""

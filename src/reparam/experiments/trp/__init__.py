@@ -1,0 +1,1 @@
+"""trp experiments: baselines, comparisons and sweeps built on reparam.trp."""
