@@ -24,6 +24,7 @@ from reparam.train.callbacks import Callback
 from reparam.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from reparam.train.config import TrainConfig, resolve_device
 from reparam.train.distributed import DistributedRun
+from reparam.train.hooks import Hook, as_callback
 from reparam.train.optim import default_param_groups, make_optimizer, make_scheduler
 
 
@@ -47,7 +48,7 @@ def _progress(enabled: bool):
 
 class Trainer:
     def __init__(self, model: torch.nn.Module, data, config: TrainConfig | None = None,
-                 callbacks: list[Callback] | tuple = (), out_dir: str | Path | None = None,
+                 callbacks: list[Callback | Hook] | tuple = (), out_dir: str | Path | None = None,
                  param_groups: list[dict] | None = None, optimizer: torch.optim.Optimizer | None = None,
                  loss_fn=None):
         self.config = (config or TrainConfig()).validate()
@@ -60,7 +61,7 @@ class Trainer:
         self.model = model
         self.batch_rows: tuple[slice, int] | None = None   # set per training step, see _train_epoch
         self.data = data
-        self.callbacks = list(callbacks)
+        self.callbacks = [as_callback(c) for c in callbacks]   # a method's Hook runs through an adapter
         self.out_dir = Path(out_dir) if out_dir is not None else None
         for split in ("train", "val", "test"):
             if len(getattr(data, split)) == 0:
