@@ -25,6 +25,7 @@ from reparam.image.fit import FitConfig
 from reparam.image.inr import InrSpec
 from reparam.image.metrics import from_uint8, quality
 from reparam.metrics.plots import line_plot
+from reparam.pranc import pranc_core
 
 
 def encode_point(x, k, spec, fit, seed, tmp):
@@ -41,7 +42,7 @@ def encode_point(x, k, spec, fit, seed, tmp):
 
 
 def keep_random(model, fraction, gen):
-    core = model.pranc
+    core = pranc_core(model)
     with torch.no_grad():
         for b in core.blocks:
             a = core.alpha[b.alpha_offset:b.alpha_offset + b.k]

@@ -16,6 +16,7 @@ from reparam.image import codec
 from reparam.image.fit import FitConfig, fit_inr
 from reparam.image.inr import InrSpec, build_inr, dense_params, layer_sizes
 from reparam.image.metrics import from_uint8, psnr
+from reparam.pranc import pranc_core
 
 torch.set_num_threads(1)
 SPEC = InrSpec(width=8, depth=2, fourier=8, sigma=1.0)
@@ -86,10 +87,10 @@ def test_progressive_top_p(encoded):
     half = codec.decode(path, top=50)
     assert half.kept == sum(int(np.ceil(b / 2)) for b in enc.budgets) and half.bit_exact is None
     model, _ = codec.load(path)
-    a = model.pranc.alpha.detach().clone()
+    a = pranc_core(model).alpha.detach().clone()
     codec.keep_top(model, 0.5)
-    b = model.pranc.alpha.detach()
-    for blk in model.pranc.blocks:
+    b = pranc_core(model).alpha.detach()
+    for blk in pranc_core(model).blocks:
         s = slice(blk.alpha_offset, blk.alpha_offset + blk.k)
         kept = b[s] != 0
         if kept.any() and (~kept).any():   # every kept |alpha| >= every dropped one
@@ -297,7 +298,7 @@ def test_streamed_basis_for_large_networks_same_math(monkeypatch):
     small = codec.encode(x, 40, codec.CodecConfig(inr=SPEC, fit=fit), progress=False)
     monkeypatch.setattr(codec, "MATERIALIZE_LIMIT", 0)
     m = codec.pranc_inr(SPEC, 3, 16, 16, budgets, 0)
-    assert m.pranc.mode == "streamed"
+    assert pranc_core(m).mode == "streamed"
     big = codec.encode(x, 40, codec.CodecConfig(inr=SPEC, fit=fit), progress=False)
-    a, b = small.model.pranc.alpha, big.model.pranc.alpha
+    a, b = pranc_core(small.model).alpha, pranc_core(big.model).alpha
     assert torch.allclose(a, b, atol=2e-3) and abs(small.fit.psnr - big.fit.psnr) < 0.05

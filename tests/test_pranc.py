@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from reparam.core import generator as gen
 from reparam.core.errors import ReparamError
-from reparam.pranc import PrancConfig, apply_pranc, fold_pranc, set_inference
+from reparam.pranc import PrancCoefficients, PrancConfig, apply_pranc, fold_pranc, pranc_core, set_inference
 from reparam.pranc.core import CANON_ROWS, tree_sum
 from reparam.pranc.fileio import decode_prnc, inspect_prnc, load_prnc, round_alpha, save_prnc
 
@@ -208,11 +208,14 @@ def test_alpha_and_bn_are_parameters_basis_not_in_state_dict():
     m = Tiny()
     core = apply_pranc(m, PrancConfig(k=10, mode="materialized"))
     sd = m.state_dict()
-    assert "pranc.alpha" in sd and "bn.weight" in sd and "bn.running_mean" in sd
-    assert not any(k.startswith("pranc.basis") or k.startswith("pranc.scale") for k in sd)
-    assert sum(v.numel() for k, v in sd.items() if "parametrizations" in k) == 0
+    alpha_keys = [k for k in sd if k.endswith(".core.alpha")]
+    assert len(alpha_keys) == 1 and "bn.weight" in sd and "bn.running_mean" in sd
+    assert not any("basis" in k or "scale_" in k for k in sd)
+    # placeholders are empty: alpha is the only number stored under the parametrizations
+    assert sum(v.numel() for k, v in sd.items() if "parametrizations" in k) == 10
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
-    assert trainable == {"pranc.alpha", "bn.weight", "bn.bias"}
+    assert trainable == {alpha_keys[0], "bn.weight", "bn.bias"}
+    assert not any(isinstance(c, PrancCoefficients) for c in m.children())
     assert core.alpha[0].item() == 1.0 and core.alpha[1:].abs().sum().item() == 0.0
     # e0 init: the network starts at basis network 0
     assert torch.equal(m.eval().fc.bias, core.generate(0, 0, 1, core.d - 3, core.d)[0])
@@ -236,7 +239,7 @@ def test_bn_trained_directly_and_other_params_freeze():
 
     w = WithLN()
     apply_pranc(w, PrancConfig(k=3, other_params="freeze"))
-    assert not w.ln.weight.requires_grad and w.pranc.alpha.requires_grad
+    assert not w.ln.weight.requires_grad and pranc_core(w).alpha.requires_grad
 
 
 def test_fold_gives_exact_eval_weights_and_logits():

@@ -50,7 +50,11 @@ class PrancConfig:
     other_params: str = "train"
     exclude_state: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> PrancConfig:
+        """Check every field (also run when the Config is built); returns self."""
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k <= 0:
             raise ReparamError(f"k must be a positive integer, got {self.k!r}")
         if self.mode not in MODES:
@@ -76,3 +80,6 @@ class PrancConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+Config = PrancConfig   # reparam.pranc.Config, the protocol's name

@@ -19,6 +19,7 @@ Two ways of combining alpha with the basis, one math:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from torch.nn.utils import parametrize
 from reparam.core import generator
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
+from reparam.core.protocol import Applied, bake_method, claim, report_left_dense
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.layout import Block, Segment, build_layout
 
@@ -74,6 +76,7 @@ class PrancCoefficients(nn.Module):
         self._exact_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
         self._train_cache: dict[int, tuple[tuple, dict[int, torch.Tensor], set[int]]] = {}
         self._segs_of_block: dict[int, list[tuple[int, Segment]]] = {}
+        self._tensors: list[PrancTensor] = []   # the parametrizations generated from this alpha
 
     # -- basis ----------------------------------------------------------------------------------------
     @property
@@ -283,10 +286,32 @@ class _SegmentFn(torch.autograd.Function):
 class PrancTensor(nn.Module):
     """Parametrization of one basis tensor. Its `original` is an empty placeholder (nothing dense is kept)."""
 
-    def __init__(self, core: PrancCoefficients, seg: Segment, index: int):
+    reparam_method = "pranc"
+
+    def __init__(self, core: PrancCoefficients, seg: Segment, index: int, holds_core: bool = False):
         super().__init__()
-        object.__setattr__(self, "_core", core)   # not a submodule: alpha must appear once in state_dict
+        # The coefficient module is a submodule of exactly one PrancTensor (alpha appears once in the
+        # state_dict, moves with model.to, and no child is added to the user's model, which nn.Sequential
+        # would call); the others keep a plain reference.
+        object.__setattr__(self, "_core", core)
+        if holds_core:
+            self.core = core
+        core._tensors.append(self)
         self.seg, self.index = seg, index
+
+    def shared_storage(self) -> list[tuple[str, torch.Tensor]]:
+        """The one coefficient vector every PRANC tensor is generated from (reparam.summary counts it once)."""
+        return [("pranc coefficients", self._core.alpha)]
+
+    def release(self) -> None:
+        """Called before this parametrization is removed (core.protocol.bake): if it holds the coefficient
+        module, hand it to a PRANC tensor that stays, so the remaining layers keep their alpha."""
+        core = self._core
+        core._tensors = [t for t in core._tensors if t is not self]
+        if "core" in self._modules:
+            del self._modules["core"]
+            if core._tensors:
+                core._tensors[0].core = core
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         core, seg = self._core, self.seg
@@ -312,28 +337,35 @@ def _is_batchnorm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
+def _plan(model: nn.Module, config: PrancConfig, filter_fn: FilterFn | None):
+    """Layout + ownership check, before anything changes."""
+    blocks, segments = build_layout(model, config, filter_fn)
+    modules = dict(model.named_modules())
+    claim("pranc", [(s.module, modules[s.module], s.tensor) for s in segments], may_follow=(),
+          hint=lambda other: "apply PRANC first, then " + other if other in ("compander", "tickets") else "")
+    return blocks, segments
+
+
 def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: FilterFn | None = None
                 ) -> PrancCoefficients:
-    """Reparametrize `model` in place; returns the coefficient module (also `model.pranc`).
+    """Reparametrize `model` in place; returns the coefficient module (see `apply` for the handle).
 
-    filter_fn(module, name) -> bool picks the basis layers (default: every Conv and Linear); their weight
-    (and bias, unless config.include_bias is False) are generated from alpha. A wrong or degenerate
-    setting raises ReparamError; k >= d warns because nothing is compressed.
+    filter_fn(module, name) -> bool picks the basis layers (default: every Conv, Linear, Embedding and
+    MultiheadAttention input projection); their weight (and bias, unless config.include_bias is False)
+    are generated from alpha. The layers' current values are replaced by basis network 0 (init "e0").
+    A wrong or degenerate setting raises ReparamError; k >= d warns because nothing is compressed.
     """
-    config = (config or PrancConfig()).validate()
-    if hasattr(model, "pranc") and isinstance(model.pranc, PrancCoefficients):
-        raise ReparamError("this model already has PRANC applied")
-    blocks, segments = build_layout(model, config, filter_fn)
+    config = config or PrancConfig()
+    if not isinstance(config, PrancConfig):
+        raise ReparamError(f"config must be a reparam.pranc.Config, got {type(config).__name__}")
+    config.validate()
+    blocks, segments = _plan(model, config, filter_fn)
     d = sum(b.d for b in blocks)
     k = sum(b.k for b in blocks)
     if k >= d:
-        import warnings
-
         warnings.warn(f"PRANC k={k} >= d={d} basis parameters: nothing is compressed", stacklevel=2)
     too_big = [b for b in blocks if b.k > b.d]
     if config.budgets is not None and too_big:
-        import warnings
-
         warnings.warn(f"layer {too_big[0].name!r} has budget {too_big[0].k} > its {too_big[0].d} parameters",
                       stacklevel=2)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -344,24 +376,36 @@ def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: 
     modules = dict(model.named_modules())
     for i, seg in enumerate(segments):
         m = modules[seg.module]
-        parametrize.register_parametrization(m, seg.tensor, PrancTensor(core, seg, i), unsafe=True)
+        parametrize.register_parametrization(m, seg.tensor, PrancTensor(core, seg, i, holds_core=i == 0),
+                                             unsafe=True)
         getattr(m.parametrizations, seg.tensor).original.requires_grad_(False)
     if config.other_params == "freeze":
         for name, m in model.named_modules():
-            if _is_batchnorm(m):
+            if _is_batchnorm(m) or ".parametrizations." in f".{name}.":   # PRANC's own alpha stays trainable
                 continue
             for pname, p in m.named_parameters(recurse=False):
                 if (name, pname) not in basis_names:
                     p.requires_grad_(False)
-    model.add_module("pranc", core)
     return core
+
+
+def apply(model: nn.Module, config: PrancConfig | None = None, filter_fn: FilterFn | None = None) -> Applied:
+    """PRANC on `model` in place (see apply_pranc); returns the handle. `handle.extra["core"]` is the
+    coefficient module (also `pranc_core(model)`). PRANC needs no training hooks: train alpha (and the
+    BatchNorm parameters) with any optimizer over model.parameters()."""
+    core = apply_pranc(model, config, filter_fn)
+    rest, dense_total = report_left_dense("pranc", model)
+    layers = list(dict.fromkeys(s.module for s in core.segments))
+    return Applied("pranc", core.config, layers, [s.state_name for s in core.segments], core.k,
+                   f"seed + {core.k:,} coefficients", dense_total, rest, extra={"core": core})
 
 
 def pranc_core(model: nn.Module) -> PrancCoefficients:
-    core = getattr(model, "pranc", None)
-    if not isinstance(core, PrancCoefficients):
-        raise ReparamError("the model has no PRANC parametrization (use reparam.pranc.apply_pranc)")
-    return core
+    """The coefficient module of a PRANC model."""
+    for module in model.modules():
+        if isinstance(module, PrancTensor):
+            return module._core
+    raise ReparamError("the model has no PRANC parametrization (use reparam.pranc.apply)")
 
 
 def set_inference(model: nn.Module, policy: str = "block") -> None:
@@ -375,20 +419,17 @@ def set_inference(model: nn.Module, policy: str = "block") -> None:
     core._exact_cache.clear()
 
 
-def fold_pranc(model: nn.Module) -> nn.Module:
-    """Replace the parametrizations by plain parameters holding the exact (canonical) weights; drops alpha."""
-    core = pranc_core(model)
+def fold(model: nn.Module) -> nn.Module:
+    """Plain parameters holding the exact (canonical) weights, bit-identical to what the file decodes to;
+    drops alpha. A method chained on a PRANC tensor (the compander, masks) is baked in with it."""
+    pranc_core(model)
     was_training = model.training
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for seg in core.segments:
-            m = modules[seg.module]
-            w = core.exact_columns(seg.block, seg.offset, seg.offset + seg.numel).view(seg.shape).clone()
-            parametrize.remove_parametrizations(m, seg.tensor, leave_parametrized=False)
-            setattr(m, seg.tensor, nn.Parameter(w))
-    del model._modules["pranc"]
+    bake_method(model, "pranc")
     model.train(was_training)
     return model
+
+
+fold_pranc = fold   # the old name, kept for one release
 
 
 def basis_state_names(core: PrancCoefficients) -> set[str]:
@@ -398,7 +439,7 @@ def basis_state_names(core: PrancCoefficients) -> set[str]:
 def dense_param_count(core: PrancCoefficients, model: nn.Module) -> int:
     """Parameters of the equivalent dense model: basis parameters + every other parameter."""
     other = sum(p.numel() for n, p in model.named_parameters()
-                if not n.startswith("pranc.") and ".parametrizations." not in n)
+                if ".parametrizations." not in n)
     return core.d + other
 
 

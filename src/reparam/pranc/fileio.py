@@ -98,12 +98,30 @@ def counts(model: nn.Module, core: PrancCoefficients, coef_dtype: str = "float32
     }
 
 
+def _check_pranc_only(model: nn.Module) -> None:
+    """The file holds PRANC's numbers and plain state only: anything else parametrized would be lost."""
+    from torch.nn.utils import parametrize
+
+    from reparam.core.protocol import methods_on
+
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module) or ".parametrizations." in f".{name}.":
+            continue
+        for t in module.parametrizations.keys():
+            methods = methods_on(module, t)
+            if methods != ["pranc"]:
+                where = f"{name}.{t}" if name else t
+                raise ReparamError(f"{where} has {' then '.join(methods)}; a .prnc file stores PRANC alone: fold "
+                                   "the other method first or save the model with reparam.core.fileformat.save_model")
+
+
 def save_prnc(path: str | Path, model: nn.Module, *, architecture: dict[str, Any] | None = None,
               content: str = "classifier", coef_dtype: str = "float32",
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `model`'s PRANC signature. With coef_dtype float16, alpha is rounded to fp16 in the file
     (call `round_alpha(model, "float16")` first if the model should evaluate with the same values)."""
     core = pranc_core(model)
+    _check_pranc_only(model)
     if coef_dtype not in COEF_DTYPES:
         raise ReparamError(f"unknown coefficient dtype {coef_dtype!r}; allowed: float32, float16")
     coef_dtype = "float16" if COEF_DTYPES[coef_dtype] == torch.float16 else "float32"

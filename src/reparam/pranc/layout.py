@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from reparam.core.errors import ReparamError
-from reparam.core.parametrize import FilterFn, select_layers
+from reparam.core.parametrize import FilterFn
+from reparam.core.protocol import select, weight_tensors
 from reparam.pranc.config import PrancConfig
 
 
@@ -66,12 +67,42 @@ def _f32(x: float) -> float:
     return float(torch.tensor(x, dtype=torch.float32).item())
 
 
-def segment_scale(config: PrancConfig, weight: torch.Tensor) -> float:
+def default_bound(module: nn.Module, weight: torch.Tensor) -> float:
+    """Bound of the uniform distribution with the variance of the layer's default initialisation.
+
+    Conv/Linear (kaiming_uniform with a = sqrt(5)): 1/sqrt(fan_in), the official code's basis scale;
+    Embedding (N(0, 1)): sqrt(3); MultiheadAttention's input projections (xavier_uniform over the
+    [3E, E] or [E, kdim] matrix): sqrt(6 / (fan_in + fan_out)).
+    """
+    if isinstance(module, nn.Embedding):
+        return math.sqrt(3.0)
+    if isinstance(module, nn.MultiheadAttention):
+        return math.sqrt(6.0 / (weight.shape[0] + weight.shape[1]))
+    return 1.0 / math.sqrt(fan_in(weight))
+
+
+def segment_scale(config: PrancConfig, weight: torch.Tensor, module: nn.Module | None = None) -> float:
+    bound = default_bound(module, weight) if module is not None else 1.0 / math.sqrt(fan_in(weight))
     if config.distribution == "default-init":
-        return _f32(1.0 / math.sqrt(fan_in(weight)))
+        return _f32(bound)
     if config.sigma is not None:
         return _f32(config.sigma)
-    return _f32(1.0 / math.sqrt(3.0 * fan_in(weight)))
+    return _f32(bound / math.sqrt(3.0))
+
+
+def basis_tensors(model: nn.Module, config: PrancConfig, filter_fn: FilterFn | None = None
+                  ) -> list[tuple[str, nn.Module, list[tuple[str, tuple[int, ...]]], float]]:
+    """(layer name, layer, [(tensor, shape)], scale) of every layer PRANC generates, in module order.
+
+    Layers: Conv1d/2d/3d, Linear, Embedding and MultiheadAttention's input projections (its out_proj
+    is a Linear of its own) that `filter_fn` keeps; their weight, and bias unless include_bias is off.
+    """
+    out = []
+    for name, m in select(model, lambda mod: bool(weight_tensors(mod)), filter_fn):
+        names = weight_tensors(m, include_bias=config.include_bias)
+        tensors = [(t, tuple(getattr(m, t).shape)) for t in names]
+        out.append((name, m, tensors, segment_scale(config, getattr(m, names[0]), m)))
+    return out
 
 
 def _split(total: int, sizes: list[int], rule: str) -> list[int]:
@@ -94,17 +125,10 @@ def _split(total: int, sizes: list[int], rule: str) -> list[int]:
 
 def build_layout(model: nn.Module, config: PrancConfig, filter_fn: FilterFn | None = None
                  ) -> tuple[list[Block], list[Segment]]:
-    layers = [(n, m) for n, m in select_layers(model, filter_fn) if getattr(m, "weight", None) is not None]
-    if not layers:
-        raise ReparamError("no layer was selected for the PRANC basis (the filter picked no module with a "
-                           "weight)")
-    per_layer_tensors = []
-    for name, m in layers:
-        w = m.weight
-        tensors = [("weight", tuple(w.shape))]
-        if config.include_bias and getattr(m, "bias", None) is not None:
-            tensors.append(("bias", tuple(m.bias.shape)))
-        per_layer_tensors.append((name, m, tensors, segment_scale(config, w)))
+    per_layer_tensors = basis_tensors(model, config, filter_fn)
+    if not per_layer_tensors:
+        raise ReparamError("no layer was selected for the PRANC basis (the filter picked no Conv, Linear, "
+                           "Embedding or MultiheadAttention layer)")
     sizes = [sum(math.prod(s) for _, s in ts) for _, _, ts, _ in per_layer_tensors]
     budgets = config.budgets
     if budgets is None:
