@@ -195,6 +195,15 @@ def test_a_weight_held_by_another_method_is_refused():
     assert _same(model, state) and not trp.layers(model)
 
 
+def test_the_old_projection_refuses_a_parametrized_weight():
+    model = _net()
+    parametrize.register_parametrization(model[3], "weight", nn.Identity())
+    state = _state(model)
+    with pytest.raises(ReparamError, match="cannot project a parametrized weight"):
+        trp.project_model_([("3", model[3])], "channel", trp.RankRule("energy", 0.3))
+    assert _same(model, state)
+
+
 def test_the_hook_refuses_to_project_through_a_parametrization_added_later():
     model = _net()
     handle = trp.apply(model, trp.Config(energy=0.3))

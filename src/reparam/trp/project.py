@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
@@ -116,6 +117,10 @@ def nuclear_subgradient(weight: torch.Tensor, scheme: str, rank: str | RankFn | 
 @torch.no_grad()
 def project_(conv: nn.Conv2d | nn.Linear, scheme: str, rank: RankFn | int | list[int]) -> list[int]:
     """Replace conv.weight by D(conv.weight) in place (the Parameter object and optimizer state stay)."""
+    if parametrize.is_parametrized(conv, "weight"):
+        # the weight is computed from other tensors: writing into it would change nothing that is kept
+        raise ReparamError(f"cannot project a parametrized weight ({type(conv).__name__}.weight has "
+                           f"{type(conv.parametrizations['weight'][0]).__name__}); TRP needs a plain weight")
     new, ranks = low_rank(conv.weight, scheme, rank)
     conv.weight.copy_(new)
     return ranks
