@@ -1,4 +1,4 @@
-"""TRP training behaviour (callback with the shared Trainer) and the `reparam trp` commands."""
+"""TRP training behaviour (the hook with the shared Trainer) and the `reparam trp` commands."""
 
 import json
 from types import SimpleNamespace
@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
+from reparam import trp
 from reparam.cli.main import main
 from reparam.train import TrainConfig, Trainer
 from reparam.trp import RankRule, TRPConfig, nuclear_subgradient, select_targets, to_matrix
-from reparam.trp.callback import TRPCallback
+from reparam.trp.hooks import TRPCallback, TRPHook
 
 torch.set_num_threads(1)
 
@@ -36,16 +37,29 @@ def _rank(w, scheme="channel"):
     return int(torch.linalg.matrix_rank(to_matrix(w.detach(), scheme)))
 
 
-def _fit(cfg: TRPConfig, epochs=2, batch=32):
+def _fit(cfg: TRPConfig, epochs=2, batch=32, old=False):
+    """Train _net with TRP through the Trainer; `calls` counts projections from apply on (or, old=True,
+    from the deprecated callback's construction on)."""
     model = _net()
-    targets = select_targets(model)
-    cb = TRPCallback(targets, cfg)
     calls = []
-    orig = cb.project
-    cb.project = lambda: calls.append(1) or orig()
-    Trainer(model, _data(), TrainConfig(epochs=epochs, batch_size=batch, lr=0.05, progress=False,
-                                        select_on="last"), callbacks=[cb]).fit(resume=False)
-    return model, targets, cb, calls
+    orig = TRPHook.project
+
+    def counted(self):
+        calls.append(1)
+        return orig(self)
+
+    TRPHook.project = counted
+    try:
+        if old:
+            with pytest.warns(DeprecationWarning):
+                cb = TRPCallback(select_targets(model), cfg)
+        else:
+            cb = trp.apply(model, cfg).hooks[0]
+        Trainer(model, _data(), TrainConfig(epochs=epochs, batch_size=batch, lr=0.05, progress=False,
+                                            select_on="last"), callbacks=[cb]).fit(resume=False)
+    finally:
+        TRPHook.project = orig
+    return model, cb.targets, cb, calls
 
 
 def test_targets_skip_the_stem_and_1x1():
@@ -54,14 +68,29 @@ def test_targets_skip_the_stem_and_1x1():
 
 @pytest.mark.parametrize("period,expected", [(1, 1 + 6), (2, 1 + 3), (4, 1 + 1)])
 def test_projection_runs_every_m_global_steps(period, expected):
-    # 2 epochs x 3 steps = 6 optimizer steps; projection before step 0 and after steps with t % m == 0
+    # 2 epochs x 3 steps = 6 optimizer steps; projection in apply (before step 0) and after steps whose
+    # count is a multiple of m; the Trainer's start does not project again
     _, _, cb, calls = _fit(TRPConfig(energy=0.3, period=period))
     assert len(calls) == expected == cb.projections
 
 
 def test_epoch_counter_resets_each_epoch():
-    _, _, _, calls = _fit(TRPConfig(energy=0.3, period=2, counter="epoch"))
-    assert len(calls) == 4       # batch_idx 0 and 2 in each of 2 epochs
+    _, _, cb, calls = _fit(TRPConfig(energy=0.3, period=2, counter="epoch"))
+    assert len(calls) == 4 == cb.projections      # batch_idx 0 and 2 in each of 2 epochs; none in apply
+
+
+@pytest.mark.parametrize("cfg", [TRPConfig(energy=0.3, period=2, nuclear=0.01),
+                                 TRPConfig(energy=0.3, period=2, counter="epoch"),
+                                 TRPConfig(energy=0.3, nuclear=0.01, nuclear_rank="energy",
+                                           nuclear_when="projection")],
+                         ids=["global+nuclear", "epoch", "code-nuclear"])
+def test_apply_hook_trains_bit_identically_to_the_old_callback(cfg):
+    new, _, hook, calls_new = _fit(cfg)
+    old, _, cb, calls_old = _fit(cfg, old=True)
+    assert len(calls_new) == len(calls_old) and hook.history == cb.history
+    assert hook.state_dict() == cb.state_dict()
+    for (k, a), (_, b) in zip(new.state_dict().items(), old.state_dict().items()):
+        assert torch.equal(a, b), k
 
 
 def test_trained_weights_are_exactly_low_rank_with_period_1():
@@ -78,7 +107,7 @@ def test_projection_leaves_momentum_buffers_alone():
     model(torch.rand(4, 1, 6, 6)).sum().backward()
     opt.step()
     before = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters()}
-    TRPCallback(targets, TRPConfig(energy=0.3)).project()
+    TRPHook(targets, TRPConfig(energy=0.3)).project()
     for p in model.parameters():
         assert torch.equal(opt.state[p]["momentum_buffer"], before[id(p)])
 
@@ -86,10 +115,10 @@ def test_projection_leaves_momentum_buffers_alone():
 def test_nuclear_paper_variant_adds_lambda_full_subgradient_every_step():
     model = _net()
     targets = select_targets(model)
-    cb = TRPCallback(targets, TRPConfig(energy=0.3, nuclear=0.5))
+    cb = TRPHook(targets, TRPConfig(energy=0.3, nuclear=0.5))
     for _, conv in targets:
         conv.weight.grad = torch.zeros_like(conv.weight)
-    cb.after_backward(None)
+    cb.before_step(0)
     for _, conv in targets:
         assert torch.allclose(conv.weight.grad, 0.5 * nuclear_subgradient(conv.weight, "channel", "full"))
 
@@ -98,18 +127,18 @@ def test_nuclear_code_variant_uses_energy_rank_on_projection_steps_only():
     model = _net()
     targets = select_targets(model)
     cfg = TRPConfig(energy=0.3, nuclear=0.5, nuclear_rank="energy", nuclear_when="projection")
-    cb = TRPCallback(targets, cfg)
+    cb = TRPHook(targets, cfg)
     w0 = {n: c.weight.detach().clone() for n, c in targets}
     cb.project()
     for _, conv in targets:
         conv.weight.grad = torch.zeros_like(conv.weight)
-    cb.after_backward(None)
+    cb.before_step(0)
     for name, conv in targets:
         expect = nuclear_subgradient(w0[name], "channel", RankRule("energy", 0.3))
         assert torch.allclose(conv.weight.grad, 0.5 * expect, atol=1e-6)
         assert _rank(conv.weight.grad) == cb.last_ranks[name]
         conv.weight.grad.zero_()
-    cb.after_backward(None)          # not a projection step: nothing added
+    cb.before_step(1)                # not a projection step: nothing added
     assert all(float(c.weight.grad.abs().sum()) == 0 for _, c in targets)
 
 
@@ -117,15 +146,15 @@ def test_nuclear_only_does_not_project():
     model = _net()
     targets = select_targets(model)
     w0 = [c.weight.detach().clone() for _, c in targets]
-    cb = TRPCallback(targets, TRPConfig(project=False, nuclear=3e-4))
+    cb = TRPHook(targets, TRPConfig(project=False, nuclear=3e-4))
     cb.project()
     assert all(torch.equal(w, c.weight) for w, (_, c) in zip(w0, targets))
     assert cb.last_ranks                                   # ranks are still measured
 
 
-def test_callback_state_round_trip():
+def test_hook_state_round_trip():
     _, targets, cb, _ = _fit(TRPConfig(energy=0.3), epochs=1)
-    cb2 = TRPCallback(targets, TRPConfig(energy=0.3))
+    cb2 = TRPHook(targets, TRPConfig(energy=0.3))
     cb2.load_state_dict(json.loads(json.dumps(cb.state_dict())))
     assert cb2.projections == cb.projections and cb2.last_ranks == cb.last_ranks
 

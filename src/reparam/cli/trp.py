@@ -22,7 +22,7 @@ from reparam.cli.common import (
 )
 from reparam.core.errors import ReparamError
 from reparam.core.outdir import output_dir, write_json
-from reparam.trp.config import COUNTERS, NUCLEAR_RANKS, NUCLEAR_WHEN, TRPConfig
+from reparam.trp.config import COUNTERS, NUCLEAR_RANKS, NUCLEAR_WHEN, Config
 from reparam.trp.rank import RankRule
 from reparam.trp.reshape import canonical_scheme
 
@@ -100,10 +100,9 @@ def _check_scheme_rule(scheme: str, rule: str) -> tuple[str, str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from reparam import trp
     from reparam.experiments.trp.report import decompose_and_measure, rank_history_plot
-    from reparam.trp.callback import TRPCallback
     from reparam.trp.io import save_decomposed
-    from reparam.trp.project import select_targets
 
     rule = args.decompose_rule or ("energy:0.15" if args.mode == "none" else "value:0.05")
     scheme, rule = _check_scheme_rule(args.scheme, rule)
@@ -111,18 +110,21 @@ def run_train(args: argparse.Namespace) -> int:
         raise ReparamError("--mode nuclear needs --nuclear > 0 (e.g. 3e-4)")
     trp_cfg = None
     if args.mode != "none":
-        trp_cfg = TRPConfig(scheme=scheme, energy=args.energy, period=args.period, project=args.mode == "trp",
-                            nuclear=args.nuclear, nuclear_rank=args.nuclear_rank, nuclear_when=args.nuclear_when,
-                            counter=args.counter, skip_stem=not args.include_stem, decompose_rule=rule,
-                            only_stride1=not args.all_strides)
+        trp_cfg = Config(scheme=scheme, energy=args.energy, period=args.period, project=args.mode == "trp",
+                         nuclear=args.nuclear, nuclear_rank=args.nuclear_rank, nuclear_when=args.nuclear_when,
+                         counter=args.counter, skip_stem=not args.include_stem, decompose_rule=rule,
+                         only_stride1=not args.all_strides)
     elif not 0 < args.energy < 1:
         raise ReparamError(f"--energy {args.energy} is not allowed; must be in (0, 1)")
     if args.schedule == "multistep" and not args.milestones:
         args.milestones = [max(1, args.epochs // 2), max(1, (3 * args.epochs) // 4)]
     config = config_from_args(args)
     splits, model = prepare(args)
-    targets = select_targets(model, skip_stem=not args.include_stem)
-    callbacks = [TRPCallback(targets, trp_cfg)] if trp_cfg is not None else []
+    if trp_cfg is not None:
+        callbacks = trp.apply(model, trp_cfg).hooks     # projects once: training starts from D(W_0)
+    else:
+        trp.select_targets(model, skip_stem=not args.include_stem)   # the decomposition will need targets
+        callbacks = []
     method = {"trp": "trp", "nuclear": "trp-nuclear-only", "none": "dense"}[args.mode]
 
     def finalize(trained, work: Path) -> dict[str, Any]:

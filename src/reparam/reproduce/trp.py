@@ -19,22 +19,20 @@ FULL_EPOCHS = 30
 
 
 def _train(splits, seed: int, epochs: int, mode: str, scheme: str = "channel", nuclear: float = 0.0):
+    from reparam import trp
     from reparam.core.runtime import seed_everything
     from reparam.models import build_model
     from reparam.train import TrainConfig, Trainer
-    from reparam.trp.callback import TRPCallback
-    from reparam.trp.config import TRPConfig
-    from reparam.trp.project import select_targets
 
     seed_everything(seed)
     model = build_model("resnet20", num_classes=splits.num_classes, in_channels=splits.in_channels,
                         image_size=splits.image_size, mean=splits.mean, std=splits.std)
-    cbs = []
-    if mode == "trp":
-        cbs = [TRPCallback(select_targets(model), TRPConfig(scheme=scheme, energy=ENERGY, nuclear=nuclear))]
+    hooks = []
+    if mode == "trp":   # projects once now; the hook then projects after every step (m = 1)
+        hooks = trp.apply(model, trp.Config(scheme=scheme, energy=ENERGY, nuclear=nuclear)).hooks
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, weight_decay=1e-4, schedule="multistep",
                       milestones=(epochs // 2, (3 * epochs) // 4), seed=seed, augment="shift1", progress=False)
-    res = Trainer(model, splits, cfg, callbacks=cbs).fit(resume=False)
+    res = Trainer(model, splits, cfg, callbacks=hooks).fit(resume=False)
     return model, res
 
 

@@ -1,17 +1,28 @@
 """TRP: Trained Rank Pruning (Xu et al., arXiv 1812.02402).
 
-Training alternates SGD with a truncated-SVD projection of every target conv every m steps (optionally
-plus a nuclear-norm sub-gradient), so the weights end up low-rank; each conv is then split into two
-cheaper convs with no fine-tuning.
+Training alternates SGD with a truncated-SVD projection of every target layer every m steps (optionally
+plus a nuclear-norm sub-gradient), so the weights end up low-rank; each layer is then split into two
+cheaper ones with no fine-tuning.
 
-    targets = select_targets(model)                      # 3x3+ convs, stem excluded
-    cb = TRPCallback(targets, TRPConfig(scheme="channel", energy=0.05, period=1))
-    Trainer(model, data, cfg, callbacks=[cb]).fit()
-    small, plans = decompose_model(model, "channel", "value:0.05")
+    handle = trp.apply(model, trp.Config(scheme="channel", energy=0.05, period=1))  # 3x3+ convs, stem skipped
+    Trainer(model, data, cfg, callbacks=handle.hooks).fit()      # or handle.before_step/after_step in a loop
+    small, plans = trp.decompose(model)                          # two convs (or two Linears) per layer
+
+Old names kept for one release: TRPConfig (= Config), TRPCallback (the hook without apply),
+decompose_model (decomposes the convs a filter picks in any model: the post-hoc baseline).
 """
 
-from reparam.trp.config import TRPConfig
-from reparam.trp.decompose import LayerPlan, MultiPathConv, decompose_conv, decompose_model, skeleton
+from reparam.trp.apply import apply, choose, fold, layers
+from reparam.trp.config import Config, TRPConfig
+from reparam.trp.decompose import (
+    LayerPlan,
+    MultiPathConv,
+    decompose,
+    decompose_conv,
+    decompose_linear,
+    decompose_model,
+    skeleton,
+)
 from reparam.trp.flops import conv_macs, formula_macs, speedup
 from reparam.trp.project import (
     default_filter,
@@ -27,17 +38,18 @@ from reparam.trp.reshape import from_matrix, max_rank, to_matrix
 
 
 def __getattr__(name: str):
-    # the callback imports the trainer; load it only when asked for
-    if name == "TRPCallback":
-        from reparam.trp.callback import TRPCallback
+    # the hooks import the trainer's hook interface; load them only when asked for
+    if name in ("TRPHook", "TRPCallback"):
+        from reparam.trp import hooks
 
-        return TRPCallback
+        return getattr(hooks, name)
     raise AttributeError(name)
 
 
 __all__ = [
-    "LayerPlan", "MultiPathConv", "RankRule", "TRPCallback", "TRPConfig", "conv_macs", "decompose_conv",
-    "decompose_model", "default_filter", "energy_rank", "fixed_rank", "formula_macs", "fraction_rank",
-    "from_matrix", "low_rank", "max_rank", "nuclear_norm", "nuclear_subgradient", "project_",
-    "project_model_", "select_targets", "skeleton", "speedup", "to_matrix", "value_rank",
+    "Config", "LayerPlan", "MultiPathConv", "RankRule", "TRPCallback", "TRPConfig", "TRPHook", "apply", "choose",
+    "conv_macs", "decompose", "decompose_conv", "decompose_linear", "decompose_model", "default_filter",
+    "energy_rank", "fixed_rank", "fold", "formula_macs", "fraction_rank", "from_matrix", "layers", "low_rank",
+    "max_rank", "nuclear_norm", "nuclear_subgradient", "project_", "project_model_", "select_targets",
+    "skeleton", "speedup", "to_matrix", "value_rank",
 ]

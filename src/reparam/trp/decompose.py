@@ -5,6 +5,10 @@ channel (NC): conv c->r with the original kernel, stride, padding and dilation, 
 spatial (VH): conv c->r with kernel (kh, 1), stride (sh, 1), padding (ph, 0), then conv r->n with kernel
     (1, kw), stride (1, sw), padding (0, pw) and the bias; all of sigma on the second factor (official code).
 nd: r parallel paths, each a pointwise conv c->n then a depthwise kh x kw conv; outputs summed.
+Linear (any scheme): Linear in->r without bias, then Linear r->out with the bias; sqrt(sigma) on each.
+
+`decompose(model)` splits the layers `trp.apply` took, with their Config; `decompose_model(model, scheme,
+rank, filter_fn=...)` splits the convs a filter picks in any model (the post-hoc truncated-SVD baseline).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn as nn
 
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
+from reparam.trp.apply import fold, layer_config, layers
 from reparam.trp.project import _mask, _ranks, _svd, select_targets
 from reparam.trp.rank import RankRule
 from reparam.trp.reshape import canonical_scheme, max_rank
@@ -65,9 +70,13 @@ def _pair_conv(conv: nn.Conv2d, c_out: int, kernel, stride, padding, dilation, b
                      device=conv.weight.device, dtype=conv.weight.dtype)
 
 
-def empty_decomposed(conv: nn.Conv2d, scheme: str, rank: int) -> nn.Module:
-    """The two-conv (or multi-path) module of `scheme` and `rank` for `conv`, weights not yet set."""
+def empty_decomposed(conv: nn.Conv2d | nn.Linear, scheme: str, rank: int) -> nn.Module:
+    """The two-conv (or multi-path, or two-Linear) module of `scheme` and `rank` for `conv`, weights unset."""
     scheme = canonical_scheme(scheme)
+    if isinstance(conv, nn.Linear):
+        kw = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+        return nn.Sequential(nn.Linear(conv.in_features, rank, bias=False, **kw),
+                             nn.Linear(rank, conv.out_features, bias=conv.bias is not None, **kw))
     n, c, kh, kw = conv.weight.shape
     has_bias = conv.bias is not None
     if scheme == "channel":
@@ -138,6 +147,25 @@ def decompose_conv(conv: nn.Conv2d, scheme: str, rank: RankSpec) -> tuple[nn.Mod
     return mod, ranks
 
 
+@torch.no_grad()
+def decompose_linear(linear: nn.Linear, rank: RankSpec) -> tuple[nn.Sequential, list[int]]:
+    """Linear(in, out) -> Linear(in, r, no bias) then Linear(r, out, bias): the rank-r truncated SVD."""
+    u, s, vh = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
+    rule = _as_rule(rank)
+    if isinstance(rule, list):
+        if len(rule) != 1:
+            raise ReparamError(f"got {len(rule)} ranks for a Linear layer (it takes one)")
+        rule = rule[0]
+    r = max(1, min(int(rule), s.numel())) if isinstance(rule, int) else rule(s)
+    mod = empty_decomposed(linear, "channel", r)
+    root = s[:r].sqrt()
+    mod[0].weight.copy_(root[:, None] * vh[:r])
+    mod[1].weight.copy_(u[:, :r] * root)
+    if linear.bias is not None:
+        mod[1].bias.copy_(linear.bias.detach())
+    return mod, [r]
+
+
 def _as_rule(rank: RankSpec):
     if isinstance(rank, (RankRule, int)):
         return rank
@@ -154,10 +182,58 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _decompose_layers(out: nn.Module, layers: list[tuple[str, nn.Module]], scheme: str, rank: RankSpec,
+                      only_stride1: bool) -> list[LayerPlan]:
+    """Replace each layer of `out` by its decomposition; one plan row per layer."""
+    plans = []
+    for name, layer in layers:
+        shape = list(layer.weight.shape)
+        stride = list(_split(layer.stride)) if isinstance(layer, nn.Conv2d) else []
+        mr = max_rank(layer.weight.shape, scheme)
+        if only_stride1 and stride not in ([1, 1], []):
+            plans.append(LayerPlan(name, shape, stride, mr, mr, False, "stride != 1"))
+            continue
+        spec = rank[name] if isinstance(rank, dict) else rank
+        if spec is None:
+            plans.append(LayerPlan(name, shape, stride, mr, mr, False, "no rank given"))
+            continue
+        if isinstance(layer, nn.Linear):
+            mod, ranks = decompose_linear(layer, spec)
+        else:
+            mod, ranks = decompose_conv(layer, scheme, spec)
+        _set_module(out, name, mod)
+        plans.append(LayerPlan(name, shape, stride, max(ranks), mr, True,
+                               filter_ranks=ranks if scheme == "nd" and stride else []))
+    return plans
+
+
+def decompose(model: nn.Module, rule: RankSpec | None = None, *, scheme: str | None = None,
+              only_stride1: bool | None = None, inplace: bool = False) -> tuple[nn.Module, list[LayerPlan]]:
+    """Split every layer `trp.apply` took into two (Conv2d: two convs; Linear: two Linears), no fine-tuning.
+
+    Returns (a plain model with no TRP marks, one LayerPlan per TRP layer). rule: the rank rule (default:
+    the Config's decompose_rule, 'value:0.05' for TRP-trained models), a fixed int, or {layer: rank} (e.g.
+    the hook's last_ranks). scheme and only_stride1 default to the Config's. The decomposed model computes
+    what the projected one does (to float rounding). The original is left as it is unless inplace.
+    """
+    if not layers(model):
+        raise ReparamError("the model has no TRP layers; call trp.apply first (or decompose_model(model, "
+                           "scheme, rank) for a model trained without TRP)")
+    out = model if inplace else copy.deepcopy(model)
+    plans = []
+    for name, layer in layers(out):     # each layer with the Config it was applied with (apply may run twice)
+        cfg = layer_config(layer)
+        plans += _decompose_layers(out, [(name, layer)], canonical_scheme(scheme or cfg.scheme),
+                                   cfg.decompose_rule if rule is None else rule,
+                                   cfg.only_stride1 if only_stride1 is None else only_stride1)
+    return fold(out), plans
+
+
 def decompose_model(model: nn.Module, scheme: str, rank: RankSpec = "value:0.05", *,
                     filter_fn: FilterFn | None = None, skip_stem: bool = True, only_stride1: bool = True,
                     inplace: bool = False) -> tuple[nn.Module, list[LayerPlan]]:
-    """Replace every target conv by its decomposition. Returns (new model, one plan row per target).
+    """Replace every conv `select_targets` picks by its decomposition, in any model (TRP-trained or not:
+    the post-hoc truncated-SVD baseline). Returns (new model, one plan row per target).
 
     rank: a rule ('value:0.05' for TRP-trained models, 'energy:0.15' for post-hoc baselines), a fixed int,
     or a dict {layer name: rank} (e.g. the ranks the last TRP projection kept). only_stride1 leaves convs
@@ -165,23 +241,7 @@ def decompose_model(model: nn.Module, scheme: str, rank: RankSpec = "value:0.05"
     """
     scheme = canonical_scheme(scheme)
     out = model if inplace else copy.deepcopy(model)
-    plans = []
-    for name, conv in select_targets(out, filter_fn, skip_stem):
-        shape = list(conv.weight.shape)
-        stride = list(_split(conv.stride))
-        mr = max_rank(conv.weight.shape, scheme)
-        if only_stride1 and stride != [1, 1]:
-            plans.append(LayerPlan(name, shape, stride, mr, mr, False, "stride != 1"))
-            continue
-        spec = rank[name] if isinstance(rank, dict) else rank
-        if spec is None:
-            plans.append(LayerPlan(name, shape, stride, mr, mr, False, "no rank given"))
-            continue
-        mod, ranks = decompose_conv(conv, scheme, spec)
-        _set_module(out, name, mod)
-        plans.append(LayerPlan(name, shape, stride, max(ranks), mr, True,
-                               filter_ranks=ranks if scheme == "nd" else []))
-    return out, plans
+    return out, _decompose_layers(out, select_targets(out, filter_fn, skip_stem), scheme, rank, only_stride1)
 
 
 def skeleton(model: nn.Module, scheme: str, plans: list[LayerPlan]) -> nn.Module:
@@ -194,9 +254,10 @@ def skeleton(model: nn.Module, scheme: str, plans: list[LayerPlan]) -> nn.Module
             conv = out.get_submodule(p.name)
         except AttributeError:
             raise ReparamError(f"the model has no layer {p.name!r} named in the decomposition plan") from None
-        if not isinstance(conv, nn.Conv2d) or list(conv.weight.shape) != list(p.shape):
+        kind = nn.Linear if len(p.shape) == 2 else nn.Conv2d
+        if not isinstance(conv, kind) or list(conv.weight.shape) != list(p.shape):
             raise ReparamError(f"layer {p.name!r} does not match the plan "
-                               f"(expected a conv of shape {p.shape})")
+                               f"(expected a {kind.__name__} of shape {p.shape})")
         _set_module(out, p.name, empty_decomposed(conv, scheme, p.rank))
     return out
 

@@ -1,8 +1,9 @@
 """Conv-only multiply-accumulates, counted the paper's way (spec 3.1): BN, ReLU, pooling and FC excluded.
 
 A conv with n filters, c inputs (per group), kernel kh x kw and output H' x W' costs n*c*kh*kw*H'*W'.
-`conv_macs` counts it with forward hooks; `formula_macs` predicts a decomposed model's count from the
-original model's shapes and the plan (the paper's formulas), and the tests check the two agree.
+`conv_macs` is reparam's one counter (`metrics.count_macs`, ops="conv"); `conv_shapes` records each conv's
+input and output sizes, which the paper's formulas need; `formula_macs` predicts a decomposed model's count
+from the original model's shapes and the plan, and the tests check the two agree.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from reparam.metrics.counting import count_macs
 from reparam.trp.decompose import LayerPlan
 from reparam.trp.reshape import canonical_scheme
 
@@ -47,7 +49,7 @@ def conv_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, dic
 
 def conv_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Sum of conv MACs for one input of `input_shape` ([C, H, W] or [N, C, H, W]; batch 1 is counted)."""
-    return sum(v["macs"] for v in conv_shapes(model, input_shape).values())
+    return count_macs(model, (1, *tuple(input_shape)[-3:]), ops="conv")
 
 
 def layer_macs(plan: LayerPlan, scheme: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:

@@ -1,5 +1,5 @@
-"""The TRP operator D(.) (truncated SVD of a reshaped conv weight), the nuclear-norm sub-gradient, and the
-choice of target layers (spec 1.3-1.5, 1.7)."""
+"""The TRP operator D(.) (truncated SVD of a reshaped conv weight, or of a Linear weight), the nuclear-norm
+sub-gradient, and the old choice of target convs (spec 1.3-1.5, 1.7; `trp.apply` chooses with `choose`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
@@ -24,7 +25,11 @@ def default_filter(module: nn.Module, name: str) -> bool:
 
 def select_targets(model: nn.Module, filter_fn: FilterFn | None = None,
                    skip_stem: bool = True) -> list[tuple[str, nn.Conv2d]]:
-    """(name, conv) pairs TRP treats. The stem is the first Conv2d in module order."""
+    """(name, conv) pairs of the convs TRP treats by default. The stem is the first Conv2d in module order.
+
+    Used on models TRP was not applied to (the post-hoc baseline); `trp.apply` chooses with
+    `reparam.trp.apply.choose`, which also takes Linear layers a filter picks and reports what it skips.
+    """
     fn = filter_fn or default_filter
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     stem = convs[0][0] if convs else None
@@ -110,8 +115,12 @@ def nuclear_subgradient(weight: torch.Tensor, scheme: str, rank: str | RankFn | 
 
 
 @torch.no_grad()
-def project_(conv: nn.Conv2d, scheme: str, rank: RankFn | int | list[int]) -> list[int]:
+def project_(conv: nn.Conv2d | nn.Linear, scheme: str, rank: RankFn | int | list[int]) -> list[int]:
     """Replace conv.weight by D(conv.weight) in place (the Parameter object and optimizer state stay)."""
+    if parametrize.is_parametrized(conv, "weight"):
+        # the weight is computed from other tensors: writing into it would change nothing that is kept
+        raise ReparamError(f"cannot project a parametrized weight ({type(conv).__name__}.weight has "
+                           f"{type(conv.parametrizations['weight'][0]).__name__}); TRP needs a plain weight")
     new, ranks = low_rank(conv.weight, scheme, rank)
     conv.weight.copy_(new)
     return ranks

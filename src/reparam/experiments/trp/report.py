@@ -13,7 +13,8 @@ from reparam.core import distributed as rd
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
 from reparam.metrics import accuracy, count_flops, count_params, latency
-from reparam.trp.decompose import LayerPlan, RankSpec, decompose_model
+from reparam.trp.apply import layers as trp_layers
+from reparam.trp.decompose import LayerPlan, RankSpec, decompose, decompose_model
 from reparam.trp.flops import conv_macs, conv_shapes, layer_macs
 from reparam.trp.project import select_targets
 from reparam.trp.rank import energy_rank
@@ -47,11 +48,18 @@ def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec,
                           latency_batches: tuple[int, ...] = (1, 128), latency_repeats: int = 20,
                           latency_size: int | None = None, splits_to_eval: tuple[str, ...] = ("val", "test")
                           ) -> tuple[nn.Module, list[LayerPlan], dict[str, Any]]:
-    """Decompose `model` and return (decomposed model, plans, metrics)."""
+    """Decompose `model` and return (decomposed model, plans, metrics).
+
+    A model `trp.apply` was applied to is split on its TRP layers (filter_fn and skip_stem were given to
+    apply); any other model (a plain baseline, a loaded file) on the convs filter_fn and skip_stem pick.
+    """
     scheme = canonical_scheme(scheme)
     model.eval()
-    small, plans = decompose_model(model, scheme, rank, filter_fn=filter_fn, skip_stem=skip_stem,
-                                   only_stride1=only_stride1)
+    if trp_layers(model):
+        small, plans = decompose(model, rank, scheme=scheme, only_stride1=only_stride1)
+    else:
+        small, plans = decompose_model(model, scheme, rank, filter_fn=filter_fn, skip_stem=skip_stem,
+                                       only_stride1=only_stride1)
     small.eval()
     shape = input_shape_of(splits)
     m: dict[str, Any] = {"scheme": scheme, "decompose_rank": rank if isinstance(rank, (str, int)) else
