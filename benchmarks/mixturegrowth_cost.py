@@ -13,7 +13,7 @@ import time
 import torch
 
 from reparam.metrics import count_params, latency
-from reparam.mixturegrowth import apply, build_wrn, fold_to_plain, grow, set_member
+from reparam.mixturegrowth import apply, build_wrn, fold, grow, set_member
 from reparam.mixturegrowth.flops import forward_macs
 
 
@@ -28,7 +28,8 @@ def main() -> None:
         with torch.device("meta"):
             big = build_wrn(name, num_classes=classes, in_channels=ch)
             small = build_wrn(name, num_classes=classes, in_channels=ch, half=True)
-            tm = apply(build_wrn(name, num_classes=classes, in_channels=ch))
+            tm = build_wrn(name, num_classes=classes, in_channels=ch)
+            apply(tm)
         row = {"model": name, "input": [ch, size, size],
                "macs_target": forward_macs(big, (ch, size, size)),
                "macs_small": forward_macs(small, (ch, size, size)),
@@ -37,7 +38,8 @@ def main() -> None:
         row["ratio"] = row["macs_small"] / row["macs_target"]
         if size <= 8:
             torch.manual_seed(0)
-            m = apply(build_wrn(name, num_classes=classes, in_channels=ch))
+            m = build_wrn(name, num_classes=classes, in_channels=ch)
+            apply(m)
             x = torch.randn(args.batch, ch, size, size)
             m.eval()
             set_member(m, 0)
@@ -47,7 +49,7 @@ def main() -> None:
             row["grow_seconds"] = time.perf_counter() - t0
             m.eval()
             row["latency_grown_template_s"] = latency(m, x)
-            fold_to_plain(m)
+            fold(m)
             m.eval()
             row["latency_grown_folded_s"] = latency(m, x)
         rows.append(row)

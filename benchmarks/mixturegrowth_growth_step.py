@@ -25,8 +25,7 @@ from reparam.experiments.mixturegrowth.pipeline import (
     ensemble_acc,
     train_net1,
 )
-from reparam.mixturegrowth.grow import grow
-from reparam.mixturegrowth.layers import param_groups, set_member
+from reparam.mixturegrowth import grow, param_groups, set_member
 
 
 def main() -> None:

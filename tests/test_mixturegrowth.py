@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,11 +12,11 @@ from reparam.core.errors import ReparamError
 from reparam.experiments.mixturegrowth.baselines import widen
 from reparam.experiments.mixturegrowth.cka import linear_cka
 from reparam.mixturegrowth import (
+    Config,
     MemberBatchNorm2d,
-    MixtureGrowthConfig,
     apply,
     build_wrn,
-    fold_to_plain,
+    fold,
     grow,
     member_mode,
     param_groups,
@@ -29,7 +31,14 @@ torch.set_num_threads(1)
 
 def _tm(name="wrn-10-2", classes=10, in_ch=1, seed=0, **cfg):
     torch.manual_seed(seed)
-    return apply(build_wrn(name, num_classes=classes, in_channels=in_ch), MixtureGrowthConfig(**cfg))
+    model = build_wrn(name, num_classes=classes, in_channels=in_ch)
+    apply(model, Config(**cfg))
+    return model
+
+
+def _run(model, x, member):
+    with member_mode(model, member):
+        return model(x)
 
 
 def _warm_bn(model, x, members=(0, 1)):
@@ -38,7 +47,7 @@ def _warm_bn(model, x, members=(0, 1)):
     with torch.no_grad():
         for m in members:
             for _ in range(3):
-                model(x + 0.3 * m, member=m)
+                _run(model, x + 0.3 * m, m)
     model.eval()
 
 
@@ -72,7 +81,7 @@ def test_zero_init_growth_is_logit_sum_ensemble(layout):
     x = torch.randn(6, 1, 8, 8)
     _warm_bn(m, x)
     with torch.no_grad():
-        s = m(x, member=0) + m(x, member=1)
+        s = _run(m, x, 0) + _run(m, x, 1)
     grow(m, layout=layout, coef_init="zero")
     m.eval()
     with torch.no_grad():
@@ -85,7 +94,7 @@ def test_nonzero_init_changes_function():
     x = torch.randn(4, 1, 8, 8)
     _warm_bn(m, x)
     with torch.no_grad():
-        s = m(x, member=0) + m(x, member=1)
+        s = _run(m, x, 0) + _run(m, x, 1)
     grow(m, coef_init="orthogonal")
     m.eval()
     with torch.no_grad():
@@ -220,7 +229,7 @@ def test_fold_grown_equals_template_model():
     m.eval()
     with torch.no_grad():
         ref = m(x)
-    fold_to_plain(m)
+    fold(m)
     assert not any(isinstance(mod, MemberBatchNorm2d) for mod in m.modules())
     with torch.no_grad():
         assert torch.equal(m(x), ref)
@@ -236,8 +245,8 @@ def test_fold_member_is_the_small_plain_network():
     x = torch.randn(3, 1, 8, 8)
     _warm_bn(m, x)
     with torch.no_grad():
-        ref = m(x, member=1)
-    fold_to_plain(m, member=1)
+        ref = _run(m, x, 1)
+    fold(m, member=1)
     small = build_wrn("wrn-10-2", num_classes=10, in_channels=1, half=True)
     small.load_state_dict(m.state_dict())
     small.eval()
@@ -264,7 +273,7 @@ def test_bad_input_errors():
     with pytest.raises(ReparamError, match="already grown"):
         grow(m)
     with pytest.raises(ReparamError, match="members cannot"):
-        m(torch.randn(1, 1, 8, 8), member=0)
+        _run(m, torch.randn(1, 1, 8, 8), 0)
     with pytest.raises(ReparamError, match="template-mixing"):
         grow(build_wrn("wrn-10-2", num_classes=10, in_channels=1))
     with pytest.raises(ReparamError, match="wrn-D-K"):
@@ -288,7 +297,8 @@ def test_member_and_grown_macs_match_plain():
     m = _tm("wrn-10-4")
     small = build_wrn("wrn-10-4", num_classes=10, in_channels=1, half=True)
     big = build_wrn("wrn-10-4", num_classes=10, in_channels=1)
-    assert forward_macs(m, (1, 8, 8), member=0) == forward_macs(small, (1, 8, 8))
+    with member_mode(m, 0):
+        assert forward_macs(m, (1, 8, 8)) == forward_macs(small, (1, 8, 8))
     grow(m)
     assert forward_macs(m, (1, 8, 8)) == forward_macs(big, (1, 8, 8))
     from reparam.metrics import count_flops
@@ -390,3 +400,79 @@ def test_code_variant_inits():
     for _, _, q in template_layers(m2):
         if q.grid_shape == (2, 2):
             assert ((q.coefs[2] >= 0) & (q.coefs[2] < 0.5)).all()
+
+
+# Computed with the code before the Wide ResNets were unified (mixturegrowth's own WRN class and its
+# hand-written forward-hook MAC counter, commit 8733da3): the zoo's WideResNet with MixtureGrowth's options
+# draws the same weights (same module creation order, PyTorch's default init) and computes the same
+# outputs bit for bit; only some state-dict keys changed (mean -> norm.mean, lastact.* -> lastact.0.*).
+OLD_WRN = {
+    "plain_sd": "24bdad7f6e08fa5b867ea318aa8484bda224d444f13e14a196ecd268d4ed7fa6",
+    "plain_train_out": "99c589172872f507de1be7ebb38f08564e673c6f50cd60f44f49e7a81fee63c7",
+    "plain_eval_out": "be1b6f9776b0f338663d06d783092459fe5cc9a38eca6e86ed70183469a26659",
+    "half_bn2_sd": "5c8d29341fb7cce4fc6e297af86b4ca4723d9e417a64e5873a8e5c124d7ae1c1",
+    "half_bn2_out": "60dfb27a2c2514e72557ced4192eb0c7095bdfd47a8cb56fdf5129b7dc5a6b84",
+    "tm_sd": "913716a66ef1067abaabf95575f0a622d6c8a277f1cb16081796dcf33c002574",
+    "tm_m0_out": "f3dcb72c5becd91f1c1cc960ac3a99a8cf24321c89f54d959f1510fcd52fe80c",
+    "tm_m1_out": "11f7a5da07d30993195c7d2571dbd179c7d07ee668bb57035481fdef3da27740",
+    "tm_grown_out": "57e1682b2312792caf88e76e33ec31076e366231def60f4268f24a783c38904e",
+}
+
+
+def _sha(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_wrn_is_bit_identical_to_the_old_mixturegrowth_wrn():
+    got = {}
+    torch.manual_seed(1)
+    x = torch.rand(3, 1, 8, 8)
+    torch.manual_seed(0)
+    m = build_wrn("wrn-10-2", num_classes=10, in_channels=1, mean=[0.5], std=[0.25])
+    keys = list(m.state_dict())
+    assert keys[:2] == ["norm.mean", "norm.std"]
+    assert keys[-3:] == ["lastact.0.running_var", "lastact.0.num_batches_tracked", "head.weight"]
+    got["plain_sd"] = _sha(m.state_dict().values())
+    m.train()
+    got["plain_train_out"] = _sha([m(x)])
+    m.eval()
+    got["plain_eval_out"] = _sha([m(x)])
+    torch.manual_seed(0)
+    h = build_wrn("wrn-10-1", num_classes=10, in_channels=1, half=True, bn2=True)   # k = 0.5, stem 8, bn2
+    assert [h.conv_3x3.out_channels, h.stage_1[0].conv1.out_channels, h.stage_3[0].conv1.out_channels] == [8, 8, 32]
+    got["half_bn2_sd"] = _sha(h.state_dict().values())
+    h.train()
+    got["half_bn2_out"] = _sha([h(x)])
+    torch.manual_seed(0)
+    t = build_wrn("wrn-10-2", num_classes=10, in_channels=1, mean=[0.5], std=[0.25])
+    apply(t)
+    got["tm_sd"] = _sha(t.state_dict().values())
+    t.train()
+    for mem in (0, 1):
+        got[f"tm_m{mem}_out"] = _sha([_run(t, x + mem, mem)])
+    grow(t, seed=0)
+    t.train()
+    got["tm_grown_out"] = _sha([t(x)])
+    assert got == OLD_WRN
+
+
+def test_macs_equal_the_old_analytic_count():
+    # The old hand-written Conv2d/Linear hook counter gave these numbers; forward_macs now runs
+    # reparam.metrics.count_macs(ops="conv+linear").
+    with torch.device("meta"):
+        big = build_wrn("wrn-28-10", num_classes=100, in_channels=3)
+        small = build_wrn("wrn-28-10", num_classes=100, in_channels=3, half=True)
+    assert (forward_macs(big, (3, 32, 32)), forward_macs(small, (3, 32, 32))) == (5_243_386_368, 1_310_973_184)
+    for name, old in (("wrn-10-1", (193_344, 763_520)), ("wrn-10-2", (693_376, 2_763_008))):
+        with torch.device("meta"):
+            s = build_wrn(name, num_classes=10, in_channels=1, half=True)
+            b = build_wrn(name, num_classes=10, in_channels=1)
+        assert (forward_macs(s, (1, 8, 8)), forward_macs(b, (1, 8, 8))) == old
+    m = _tm("wrn-10-2")
+    with member_mode(m, 1):
+        assert forward_macs(m, (1, 8, 8)) == 693_376            # template generation is not counted
+    grow(m)
+    assert forward_macs(m, (1, 8, 8)) == 2_763_008

@@ -171,6 +171,24 @@ def test_wrn_names_depth_and_options():
     assert full - count("wrn-10-2", 10, inner_bn=False) == 2 * (32 + 64 + 128)
 
 
+def test_wrn_fractional_width_and_mixturegrowth_options():
+    from reparam.mixturegrowth import build_wrn
+
+    opts = dict(stem=8, inner_bn=False, head_bias=False, init="torch")
+    torch.manual_seed(0)
+    zoo = build_model("wrn-10-0.5", num_classes=10, in_channels=1, image_size=8, **opts)
+    torch.manual_seed(0)
+    mg = build_wrn("wrn-10-1", num_classes=10, in_channels=1, half=True)     # the same network
+    assert zoo.head.bias is None and [zoo.stage_1[0].conv1.out_channels, zoo.feature_dim] == [8, 32]
+    assert all(torch.equal(a, b) for a, b in zip(zoo.state_dict().values(), mg.state_dict().values()))
+    assert zoo.channel_spaces()["lastact.0"] == ("res3", "res3")
+    for bad, word in (({"init": "xavier"}, "init"), ({"head_bias": "maybe"}, "head_bias")):
+        with pytest.raises(ReparamError, match=word):
+            build_model("wrn-10-1", num_classes=10, in_channels=1, image_size=8, **bad)
+    with pytest.raises(ReparamError, match="empty layer"):
+        build_model("wrn-10-0.01", num_classes=10, in_channels=1, image_size=8)
+
+
 def test_resnet_width_and_stems():
     cifar = build_model("resnet18", num_classes=10, in_channels=3, image_size=32, width=0.5)
     assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, nn.Identity)

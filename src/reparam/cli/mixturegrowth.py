@@ -115,7 +115,7 @@ def _load(args: argparse.Namespace, seed: int):
 
 
 def _check_model(args, splits) -> None:
-    from reparam.mixturegrowth.wrn import parse_wrn
+    from reparam.models.wrn import parse_wrn
 
     depth, k = parse_wrn(args.model)
     if (16 * k) % 2 or int(16 * k) < 2:
@@ -130,8 +130,7 @@ def run_grow(args: argparse.Namespace) -> int:
     from reparam.experiments.mixturegrowth.pipeline import epoch_cka, macs, run_method, solve_budget, train_net1
     from reparam.metrics import count_params
     from reparam.metrics.plots import training_curves
-    from reparam.mixturegrowth.grow import fold_to_plain
-    from reparam.mixturegrowth.layers import is_template_mixing
+    from reparam.mixturegrowth import fold, is_template_mixing
 
     if not args.out:
         raise ReparamError("--out is required: the output folder for metrics.json, logs and plots")
@@ -151,7 +150,7 @@ def run_grow(args: argparse.Namespace) -> int:
         model = res.model
         params_stored = count_params(model)
         if is_template_mixing(model):
-            model = fold_to_plain(model)
+            model = fold(model)
         mat = epoch_cka(res)
         marks = [i for i in range(1, len(res.snapshot_phases))
                  if res.snapshot_phases[i] != res.snapshot_phases[i - 1]]
@@ -169,8 +168,8 @@ def run_grow(args: argparse.Namespace) -> int:
                 f.write(json.dumps(h) + "\n")
         training_curves(history, work / "curves.png", title=f"{args.method} {args.model} on {args.data}")
         save_model(work / "model.safetensors", model, {"method": args.method, "model": args.model,
-                                                        "note": "plain pre-activation WRN (reparam.mixturegrowth"
-                                                                ".wrn), template mixing folded"})
+                                                        "note": "plain pre-activation WRN (reparam.models.wrn with "
+                                                                "mixturegrowth.wrn_options), template mixing folded"})
         params_total = count_params(model)
         metrics = {"method": args.method, "model": args.model, "dataset": args.data, "seed": s.seed,
                    "test_acc": res.test_acc, "val_acc": res.val_acc, "params_total": params_total,

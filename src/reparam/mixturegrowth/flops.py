@@ -1,6 +1,6 @@
 """FLOPs accounting: per-forward MACs, the training-cost ledger, and the budget solver (paper §4, Table 2).
 
-MACs are counted analytically from the shapes each Conv2d/Linear sees in one forward pass (BN, ReLU,
+MACs are those of the Conv2d/Linear ops of one forward pass, from `reparam.metrics.count_macs` (BN, ReLU,
 pooling and the template-mixing weight generation are not counted; the paper's fvcore count also ignores
 BN and calls weight generation negligible). Building the model on the meta device makes this free even
 for WRN-28-10. FLOPs = 2 x MACs.
@@ -13,47 +13,23 @@ every phase, the normalized cost is sum_p epochs_p * macs_p / (E * macs_target).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
 from reparam.core.errors import ReparamError
+from reparam.metrics.counting import count_macs
 
 
 def forward_macs(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device | None = None,
                  **forward_kwargs) -> int:
-    """Multiply-accumulates of one forward pass for ONE input of shape [C, H, W] (batch size 1)."""
-    total = 0
+    """Multiply-accumulates of one forward pass for ONE input of shape [C, H, W] (batch size 1).
 
-    def conv_hook(m: nn.Conv2d, inp, out):
-        nonlocal total
-        k = math.prod(m.kernel_size)
-        total += out.numel() // out.shape[0] * (inp[0].shape[1] // m.groups) * k
-
-    def linear_hook(m: nn.Linear, inp, out):
-        nonlocal total
-        total += out.numel() // out.shape[0] * inp[0].shape[-1]
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    if device is None:
-        device = next((t.device for t in model.parameters() if t.numel() or t.is_meta), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device), **forward_kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return int(total)
+    Conv and Linear only, counted by reparam's one counter (`reparam.metrics.count_macs`), which leaves
+    the template-mixing weight generation out and works on the meta device.
+    """
+    return count_macs(model, (1, *input_shape), ops="conv+linear", device=device, **forward_kwargs)
 
 
 @dataclass

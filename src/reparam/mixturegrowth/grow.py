@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError, choose
+from reparam.core.protocol import bake_method
 from reparam.mixturegrowth.layers import (
     MemberBatchNorm2d,
     TemplateMix,
@@ -28,6 +28,7 @@ from reparam.mixturegrowth.layers import (
     set_member,
     template_layers,
 )
+from reparam.models.wrn import WideResNet
 
 LAYOUTS = {"vertical": (0, 1, 0, 1), "horizontal": (0, 1, 1, 0)}
 COEF_INITS = {
@@ -186,35 +187,32 @@ def _fix_layer_attributes(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold_to_plain(model: nn.Module, member: int | None = None) -> nn.Module:
+def fold(model: nn.Module, member: int | None = None) -> nn.Module:
     """Replace templates by the weights they generate: a plain network (in place; returns it).
 
     member=None folds the grown network (target width); member=m folds small network m (half width).
+    No parametrization, MemberBatchNorm2d or MixtureGrowth tag is left: the plain layers compute exactly
+    what the template-mixing model computed in that mode.
     """
     if not is_template_mixing(model):
-        raise ReparamError("fold_to_plain needs a template-mixing model")
+        raise ReparamError("fold needs a template-mixing model (reparam.mixturegrowth.apply)")
     if member is None and not is_grown(model):
         raise ReparamError("the network has not been grown; pass member=0 or 1 to fold a small network")
     if member is not None and is_grown(model):
         raise ReparamError("members cannot be folded after growth (their BatchNorms were merged)")
     set_member(model, member)
-    layers = [m for _, m, _ in template_layers(model)]
-    rp.fold(model, "weight")
-    for m in layers:
-        m.weight.requires_grad_(True)
-        _fix_layer_attributes(m)
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, MemberBatchNorm2d):
                 setattr(parent, child_name, child.full if member is None else child.bns[member])
-    _fix_wrn_attributes(model)
+    layers = [m for _, m, _ in template_layers(model)]
+    bake_method(model, "mixturegrowth")      # also drops the tags of the member BatchNorms
+    for m in layers:
+        _fix_layer_attributes(m)
+    if isinstance(model, WideResNet):
+        model.widen = model.stage_1[0].conv1.out_channels / 16
+        model.feature_dim = model.head.in_features
     return model
 
 
-def _fix_wrn_attributes(model: nn.Module) -> None:
-    from reparam.mixturegrowth.wrn import WideResNet
-
-    if isinstance(model, WideResNet):
-        model.stem_channels = model.conv_3x3.out_channels
-        model.widths = [getattr(model, f"stage_{i}")[-1].conv2.out_channels for i in (1, 2, 3)]
-        model.k = model.widths[0] / 16
+fold_to_plain = fold

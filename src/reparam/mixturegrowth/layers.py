@@ -12,7 +12,8 @@ off-diagonal blocks (ids 2, 3 in the official code's `diag` layout [[0, 2], [3, 
 layer to the grown mode, `member=None`.
 
 The layer's own dense weight is replaced by an empty tensor: only templates and coefficients are stored.
-`fold_to_plain` turns a grown model back into the plain network of target width.
+`apply` (apply.py) builds these layers on a plain network; `fold` (grow.py) turns a grown model back
+into the plain network of target width, or a member into the small one.
 """
 
 from __future__ import annotations
@@ -20,35 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize as tparam
 
-from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError
-
-
-@dataclass
-class MixtureGrowthConfig:
-    """How `apply` builds the template-mixing network.
-
-    n_templates: templates per set (paper: 2; with g=2, 2 sets x 2 templates = the full layer's parameters).
-    share_templates: paper's cross-layer sharing; pairs of consecutive same-shape layers share template
-        tensors and keep their own coefficients (the CIFAR code default is no sharing).
-    train_end_coefs: the stem's and classifier's coefficients are trainable (official no-bank code);
-        the paper (default, False) keeps them fixed at their initial values.
-    full_input / full_output: layer names that keep their full input (stem) / full output (classifier);
-        None = the first / last selected layer.
-    """
-
-    g: int = 2
-    n_templates: int = 2
-    share_templates: bool = False
-    train_end_coefs: bool = False
-    full_input: tuple[str, ...] | None = None
-    full_output: tuple[str, ...] | None = None
+from reparam.core.protocol import tag
 
 
 def _kaiming_templates(n: int, block_shape: tuple[int, ...]) -> torch.Tensor:
@@ -61,6 +40,8 @@ def _kaiming_templates(n: int, block_shape: tuple[int, ...]) -> torch.Tensor:
 
 class TemplateMix(nn.Module):
     """Parametrization: (templates, coefficients) -> the weight of one member, or of the grown layer."""
+
+    reparam_method = "mixturegrowth"
 
     def __init__(self, block_shape: tuple[int, ...], grid: tuple[int, int], n_templates: int = 2,
                  num_sets: int = 2, share_from: TemplateMix | None = None):
@@ -119,6 +100,8 @@ class MemberBatchNorm2d(nn.Module):
         self.num_features = num_features
         self.bns = nn.ModuleList([nn.BatchNorm2d(num_features // num_sets, eps=eps, momentum=momentum)
                                   for _ in range(num_sets)])
+        for bn in self.bns:
+            _own(bn)
         self.full: nn.BatchNorm2d | None = None
         self.member: int | None = 0
 
@@ -143,9 +126,16 @@ class MemberBatchNorm2d(nn.Module):
             getattr(full, field).copy_(torch.cat(parts))
         full.num_batches_tracked.copy_(max(int(b.num_batches_tracked) for b in self.bns))
         full.train(self.training)
-        self.full = full
+        self.full = _own(full)
         self.bns = None
         self.member = None
+
+
+def _own(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    # The member BNs are MixtureGrowth's (grow() concatenates them): no other method may go on them.
+    tag(bn, "weight", "mixturegrowth")
+    tag(bn, "bias", "mixturegrowth")
+    return bn
 
 
 def template_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module, TemplateMix]]:
@@ -186,72 +176,6 @@ def member_mode(model: nn.Module, member: int | None):
         yield model
     finally:
         set_member(model, old)
-
-
-def _layer_dims(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            raise ReparamError("template mixing supports only ungrouped convolutions")
-        return module.out_channels, module.in_channels, tuple(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features, ()
-    raise ReparamError(f"template mixing supports Conv2d and Linear layers, not {type(module).__name__}")
-
-
-def apply(model: nn.Module, config: MixtureGrowthConfig | None = None,
-          filter_fn: rp.FilterFn | None = None) -> nn.Module:
-    """Turn a plain target-width network into a template-mixing one (in place; returns it).
-
-    Every selected Conv2d/Linear gets a TemplateMix parametrization; every BatchNorm2d becomes a
-    MemberBatchNorm2d. Afterwards the model runs member 0 (set_member / member_mode switch).
-    """
-    config = config or MixtureGrowthConfig()
-    if config.g != 2:
-        raise ReparamError(f"growth factor g={config.g} is not supported; allowed: 2 (the paper's setting)")
-    if config.n_templates < 1:
-        raise ReparamError(f"n_templates must be >= 1, got {config.n_templates}")
-    if is_template_mixing(model):
-        raise ReparamError("the model already has template-mixing layers")
-    layers = [(n, m) for n, m in rp.select_layers(model, filter_fn) if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if len(layers) < 2:
-        raise ReparamError("template mixing needs at least a first and a last Conv2d/Linear layer")
-    full_in = set(config.full_input) if config.full_input is not None else {layers[0][0]}
-    full_out = set(config.full_output) if config.full_output is not None else {layers[-1][0]}
-    g = config.g
-    prev: TemplateMix | None = None
-    prev_shared = False
-    for name, module in layers:
-        c_out, c_in, k = _layer_dims(module)
-        g_out = 1 if name in full_out else g
-        g_in = 1 if name in full_in else g
-        if c_out % g_out or c_in % g_in:
-            raise ReparamError(f"layer {name!r} ({c_out}x{c_in}) is not divisible into {g}x{g} blocks")
-        if getattr(module, "bias", None) is not None:
-            raise ReparamError(f"layer {name!r} has a bias; template-mixing layers have none (paper §3.1)")
-        block = (c_out // g_out, c_in // g_in, *k)
-        share = None
-        if (config.share_templates and prev is not None and not prev_shared and g_out == g_in == g
-                and prev.block_shape == block and prev.grid_shape == (g, g)):
-            share = prev
-        p = TemplateMix(block, (g_out, g_in), config.n_templates, num_sets=g, share_from=share)
-        if (g_out == 1 or g_in == 1) and not config.train_end_coefs:
-            for c in p.coefs:
-                c.requires_grad_(False)
-        # Only templates and coefficients are stored: drop the dense weight.
-        module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-        tparam.register_parametrization(module, "weight", p, unsafe=True)
-        prev, prev_shared = p, share is not None
-    _replace_bns(model, g)
-    set_member(model, 0)
-    return model
-
-
-def _replace_bns(model: nn.Module, num_sets: int) -> None:
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                mbn = MemberBatchNorm2d(child.num_features, num_sets, eps=child.eps, momentum=child.momentum)
-                setattr(parent, child_name, mbn)
 
 
 def coefficient_parameters(model: nn.Module) -> list[nn.Parameter]:

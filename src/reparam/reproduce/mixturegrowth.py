@@ -21,20 +21,25 @@ METHOD = "mixturegrowth"
 
 
 def _exact_claims(model_name: str) -> list[Claim]:
-    from reparam.mixturegrowth import apply, build_wrn, grow
+    from reparam.mixturegrowth import apply, build_wrn, grow, member_mode
     from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, solve_budget
 
     torch.manual_seed(0)
-    m = apply(build_wrn(model_name, num_classes=10, in_channels=1))
+    m = build_wrn(model_name, num_classes=10, in_channels=1)
+    apply(m)
     x = torch.randn(16, 1, 8, 8)
     m.train()
     with torch.no_grad():
         for mem in (0, 1):
-            for _ in range(3):
-                m(x + mem, member=mem)
+            with member_mode(m, mem):
+                for _ in range(3):
+                    m(x + mem)
     m.eval()
     with torch.no_grad():
-        ens = m(x, member=0) + m(x, member=1)
+        with member_mode(m, 0):
+            ens = m(x)
+        with member_mode(m, 1):
+            ens = ens + m(x)
         grow(m, coef_init="zero")
         diff = float((m(x) - ens).abs().max())
     with torch.device("meta"):

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from reparam.core.errors import ReparamError, choose
-from reparam.mixturegrowth.wrn import WideResNet
+from reparam.models.wrn import WideResNet
 
 WIDEN_METHODS = ("random", "random-full", "net2net")
 
@@ -49,7 +49,7 @@ def widen(small: WideResNet, large: WideResNet, method: str = "random", *, scale
     """Copy the trained `small` WRN into the freshly built `large` one (in place) and return `large`."""
     choose(method, WIDEN_METHODS, "widening method")
     if not (isinstance(small, WideResNet) and isinstance(large, WideResNet)):
-        raise ReparamError("widen() grows a reparam.mixturegrowth WideResNet into a wider one")
+        raise ReparamError("widen() grows a reparam.models.wrn WideResNet into a wider one")
     if small.channel_spaces().keys() != large.channel_spaces().keys():
         raise ReparamError("small and large networks must have the same depth and layout")
     gen = torch.Generator().manual_seed(seed)
@@ -66,8 +66,8 @@ def widen(small: WideResNet, large: WideResNet, method: str = "random", *, scale
     counts = {sp: torch.bincount(m[m >= 0], minlength=widths[sp][0]).float() for sp, m in maps.items()}
     s_mods, l_mods = _named(small), _named(large)
     with torch.no_grad():
-        large.mean.copy_(small.mean)
-        large.std.copy_(small.std)
+        large.norm.mean.copy_(small.norm.mean)
+        large.norm.std.copy_(small.norm.std)
         for name, (sin, sout) in small.channel_spaces().items():
             sm, lm = s_mods[name], l_mods[name]
             if isinstance(sm, nn.BatchNorm2d):

@@ -28,9 +28,9 @@ from reparam.core.fileformat import load_tensors, save_tensors
 from reparam.core.runtime import derive_seed, seed_everything
 from reparam.experiments.mixturegrowth.baselines import widen
 from reparam.experiments.mixturegrowth.cka import cka_matrix, conv_outputs
+from reparam.mixturegrowth import Config, apply, fold, grow, member_mode, param_groups, set_member
 from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, match_epochs, solve_budget
-from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS, grow
-from reparam.mixturegrowth.layers import MixtureGrowthConfig, apply, member_mode, param_groups, set_member
+from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS
 from reparam.mixturegrowth.wrn import WideResNet, build_wrn
 from reparam.train import Callback, TrainConfig, Trainer
 
@@ -167,17 +167,17 @@ class RunResult:
 
 def template_model(s: GrowSettings, splits) -> nn.Module:
     seed_everything(derive_seed(s.seed, 1))
-    base = build_wrn(s.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                     mean=splits.mean, std=splits.std)
-    cfg = MixtureGrowthConfig(n_templates=s.n_templates, share_templates=s.share_templates,
-                              train_end_coefs=s.train_end_coefs)
-    return apply(base, cfg)
+    model = build_wrn(s.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                      mean=splits.mean, std=splits.std, image_size=splits.image_size)
+    apply(model, Config(n_templates=s.n_templates, share_templates=s.share_templates,
+                        train_end_coefs=s.train_end_coefs))
+    return model
 
 
 def plain_model(s: GrowSettings, splits, half: bool, seed_part: int) -> WideResNet:
     seed_everything(derive_seed(s.seed, seed_part))
     return build_wrn(s.model, num_classes=splits.num_classes, in_channels=splits.in_channels, half=half,
-                     mean=splits.mean, std=splits.std)
+                     mean=splits.mean, std=splits.std, image_size=splits.image_size)
 
 
 def macs(s: GrowSettings, splits) -> tuple[int, int]:
@@ -215,11 +215,17 @@ def ensemble_acc(model: nn.Module, data) -> float:
     return float(((l0 + l1).argmax(1) == y).float().mean())
 
 
+# The layout of the cached state dict: bump it whenever its keys change, so that no stale cache is loaded.
+# 2: the zoo's WideResNet (norm.mean / norm.std, lastact.0.*) instead of mixturegrowth's own WRN.
+NET1_FORMAT = 2
+
+
 def _cache_key(s: GrowSettings, splits) -> str:
     keys = {k: getattr(s, k) for k in ("model", "full_epochs", "n_templates", "share_templates",
                                        "train_end_coefs", "lr", "weight_decay", "batch_size", "momentum",
                                        "nesterov", "augment", "seed")}
     keys["data"] = [getattr(splits, "name", "?"), len(splits.train), splits.num_classes]
+    keys["format"] = NET1_FORMAT
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -330,7 +336,7 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
 def _member_coef_norm(model: nn.Module) -> float:
     """Mean L2 norm of the trained members' coefficient vectors over the inner (g x g) layers: the scale a
     unit-norm new coefficient vector is compared with."""
-    from reparam.mixturegrowth.layers import template_layers
+    from reparam.mixturegrowth import template_layers
 
     norms = [float(c.detach().norm()) for _, _, p in template_layers(model) if p.grid_shape == (2, 2)
              for c in list(p.coefs)[:2]]
@@ -340,10 +346,7 @@ def _member_coef_norm(model: nn.Module) -> float:
 def run_widening(s: GrowSettings, splits, net1_state, method: str) -> RunResult:
     r_small, r_big = macs(s, splits)
     epochs = match_epochs(s.budget, 1.0, s.full_epochs)
-    tm = _net1_model(s, splits, net1_state)
-    from reparam.mixturegrowth.grow import fold_to_plain
-
-    small = fold_to_plain(tm, member=0)
+    small = fold(_net1_model(s, splits, net1_state), member=0)
     large = plain_model(s, splits, half=False, seed_part=21)
     widen(small, large, method, seed=derive_seed(s.seed, 22))
     extra = {"grown_val_acc_at_growth": _acc(large, splits.val),
