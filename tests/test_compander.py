@@ -30,7 +30,9 @@ from reparam.compander import (
     weight_stats,
 )
 from reparam.core.errors import ReparamError
+from reparam.core.protocol import ReparamWarning
 from reparam.experiments.compander.baselines import apply_powerprop, apply_weight_norm
+from reparam.experiments.compander.variants import fold_variant
 
 torch.set_num_threads(1)
 
@@ -93,7 +95,7 @@ def test_outputs_identical_at_init(learnable, init):
     base.eval()
     model = copy.deepcopy(base)
     a, b = (0.5, 1.0) if learnable else (0.8, 0.5)
-    names = apply(model, CompanderConfig(a=a, b=b, learnable=learnable))
+    names = apply(model, CompanderConfig(a=a, b=b, learnable=learnable)).layers
     assert names == ["0", "3", "8"]  # first conv and last linear included
     x, _ = batch()
     diff = (model(x) - base(x)).abs().max()
@@ -117,9 +119,11 @@ def test_nothing_on_batchnorm_or_bias():
 
 def test_filter_excludes_layers():
     model = tiny_cnn()
-    names = apply(model, CompanderConfig(), filter_fn=lambda m, n: n != "8")
-    assert names == ["0", "3"]
+    with pytest.warns(ReparamWarning, match="left 122 of 770 parameters dense"):   # the head stays plain
+        h = apply(model, CompanderConfig(), filter_fn=lambda m, n: n != "8")
+    assert h.layers == ["0", "3"]
     assert not parametrize.is_parametrized(model[8])
+    assert ("8.weight", 80) in h.left_dense
 
 
 def test_bound_holds_under_huge_gradients():
@@ -284,13 +288,19 @@ def test_out_of_bound_init_errors_or_clamps():
 
 
 def test_bad_config_values():
-    for cfg in (CompanderConfig(a=-1), CompanderConfig(b=0), CompanderConfig(fn="tanh"),
-                CompanderConfig(learnable="medium")):
-        with pytest.raises(ReparamError):
-            apply(tiny_cnn(), cfg)
+    # checked when the Config is built, each error naming the field
+    for kwargs, field in ((dict(a=-1), "a"), (dict(b=0), "b"), (dict(fn="tanh"), "tanh"),
+                          (dict(learnable="medium"), "learnable"), (dict(wd=-1.0), "wd"),
+                          (dict(clamp_margin=1.0), "clamp_margin"), (dict(weight_decay="l1"), "weight_decay")):
+        with pytest.raises(ReparamError, match=field):
+            CompanderConfig(**kwargs)
+    cfg = CompanderConfig()
+    cfg.a = 0.0                      # changed after construction: apply checks again
+    with pytest.raises(ReparamError, match="a must be"):
+        apply(tiny_cnn(), cfg)
     model = tiny_cnn()
     apply(model, CompanderConfig())
-    with pytest.raises(ReparamError, match="already parametrized"):
+    with pytest.raises(ReparamError, match="compander is already applied"):
         apply(model, CompanderConfig())
 
 
@@ -342,7 +352,8 @@ def test_weight_norm_and_powerprop_baselines():
         model.eval()
         with torch.no_grad():
             out = model(x)
-        folded = fold(model)
+        assert fold(model) is model and parametrize.is_parametrized(model[0])   # not the compander's
+        folded = fold_variant(model)
         assert not any(parametrize.is_parametrized(m) for m in folded.modules())
         with torch.no_grad():
             assert torch.equal(folded(x), out)

@@ -20,7 +20,7 @@ from reparam.compander import (
     param_groups,
     psi,
 )
-from reparam.compander.callbacks import PsiDecay, WeightStatsCallback
+from reparam.compander.callbacks import PsiDecay, WeightStatsCallback  # the old module, kept as an alias
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_model_state
 from reparam.data import load_dataset
@@ -60,7 +60,7 @@ def test_trainer_step_applies_decay_on_psi_not_on_v():
         v = m.parametrizations.weight.original
         expected[name] = v.detach() - lr * (v.grad + wd * psi(v.detach(), 0.8, 0.5) * dpsi(v.detach(), 0.8, 0.5))
     # the trainer shuffles the single batch; the loss is a mean, so order does not change the gradient
-    Trainer(model, data, cfg, callbacks=[PsiDecay()], param_groups=param_groups(model, wd, wc)).fit()
+    Trainer(model, data, cfg, callbacks=[PsiDecay(wd)], param_groups=param_groups(model, wd, wc)).fit()
     for name, m, _ in compander_layers(model):
         assert torch.allclose(m.parametrizations.weight.original.detach(), expected[name], rtol=1e-5,
                               atol=1e-7), name
@@ -73,7 +73,7 @@ def test_psi_decay_loss_mode_equals_grad_mode():
     for mode in ("grad", "loss"):
         model = small_model()
         apply(model, CompanderConfig())
-        Trainer(model, data, cfg, callbacks=[PsiDecay(mode=mode)],
+        Trainer(model, data, cfg, callbacks=[PsiDecay(5e-2, mode=mode)],
                 param_groups=param_groups(model, 5e-2, CompanderConfig())).fit()
         outs.append([m.parametrizations.weight.original.detach().clone() for _, m, _ in
                      compander_layers(model)])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 
@@ -42,3 +43,19 @@ def test_dense_count_of_a_parametrized_model_is_the_plain_count():
     parametrize.register_parametrization(m[0], "weight", LowRank())
     assert count_dense_params(m) == plain
     assert count_params(m) == plain + 14 + 20  # original weight + u + v
+
+
+def test_paired_t_test_is_scipys_ttest_rel_and_none_without_spread():
+    import math
+
+    from reparam.metrics.stats import paired
+
+    a, b = [0.91, 0.95, 0.97, 0.90], [0.90, 0.93, 0.96, 0.91]
+    d = [x - y for x, y in zip(a, b)]
+    m = sum(d) / 4
+    s = math.sqrt(sum((x - m) ** 2 for x in d) / 3)
+    r = paired(a, b)
+    assert r["t"] == pytest.approx(m / (s / 2), rel=1e-12)
+    assert r["p"] == pytest.approx(0.3189318, rel=1e-6)        # two-sided, 3 degrees of freedom
+    assert paired([0.9], [0.8])["t"] is None and paired([0.9], [0.8])["p"] is None
+    assert paired([1.0, 2.0], [0.5, 1.5])["p"] is None           # every difference equal: no spread

@@ -83,3 +83,26 @@ def test_orthogonality_statistics_shrink_with_dimension():
     assert rows[0]["mean_abs_cos"] > rows[1]["mean_abs_cos"] > rows[2]["mean_abs_cos"]
     assert rows[0]["max_abs_cos"] > rows[2]["max_abs_cos"]
     assert abs(rows[2]["norm_mean"] - 1) < 0.01
+
+
+def test_magnitude_pruning_uses_the_one_mask_parametrization_and_keeps_the_largest_under_ties():
+    from torch.nn.utils import parametrize
+
+    from reparam.tickets.masks import MaskParam
+
+    torch.manual_seed(0)
+    m = Net()
+    tensors = (m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)
+    with torch.no_grad():                       # integer magnitudes: many ties at the threshold
+        for p in tensors:
+            p.copy_(torch.randint(-3, 4, p.shape).float())
+    flat = torch.cat([p.detach().abs().reshape(-1) for p in tensors])
+    expected = torch.zeros_like(flat)
+    expected[torch.topk(flat, 20).indices] = 1.0     # the rule the published numbers were measured with
+    magnitude_prune(m, keep=20)
+    plists = [m.fc1.parametrizations.weight, m.fc1.parametrizations.bias, m.fc2.parametrizations.weight,
+              m.fc2.parametrizations.bias]
+    assert all(isinstance(pl[0], MaskParam) and len(pl) == 1 for pl in plists)
+    assert parametrize.is_parametrized(m.fc1, "weight")
+    got = torch.cat([pl[0].mask.reshape(-1) for pl in plists])
+    assert torch.equal(got, expected) and int(got.sum()) == 20

@@ -13,8 +13,9 @@ from torch.utils.data import TensorDataset
 from reparam.experiments.tickets.evaluation import ood_metrics
 from reparam.experiments.tickets.transfer import transfer
 from reparam.tickets import masks as mk
-from reparam.tickets.attacks import AdversarialTraining, PGDConfig
+from reparam.tickets.attacks import PGDConfig
 from reparam.tickets.draw import IMPConfig, LMPConfig, ScoreMask, attach_scores, imp, imp_sparsity, lmp, omp
+from reparam.tickets.hooks import AdversarialTraining
 from reparam.tickets.patterns import Pattern
 from reparam.train import TrainConfig, Trainer
 

@@ -21,7 +21,7 @@ from reparam.cli.common import (
     setup_runtime,
     train_and_report,
 )
-from reparam.compander.parametrization import fold, learned_scales
+from reparam.compander import learned_scales
 from reparam.compander.stats import percentile_plot
 from reparam.core.errors import ReparamError
 from reparam.core.outdir import output_dir, write_json
@@ -34,7 +34,7 @@ from reparam.experiments.compander.runs import (
     run_many,
     summarize,
 )
-from reparam.experiments.compander.variants import parse_variant, setup_variant
+from reparam.experiments.compander.variants import fold_variant, parse_variant, setup_variant
 from reparam.models import build_from_spec
 
 # The spec's §6.3 digits protocol: SGD m=0.9, lr 0.1 x0.2 at 30/60/80% of training, batch 64, wd 5e-4,
@@ -205,7 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
         with torch.no_grad():
             before = model(x_test)
         scales = learned_scales(model)
-        fold(model)
+        fold_variant(model)
         with torch.no_grad():
             after = model(x_test)
         shape = (1, *x_test.shape[1:])

@@ -136,7 +136,8 @@ def cmd_pretrain(args) -> int:
     from reparam.core.runtime import seed_everything
     from reparam.experiments.tickets.targets import register_targets
     from reparam.models import build_model
-    from reparam.tickets.attacks import AdversarialTraining, GaussianNoiseTraining, PGDConfig, robust_accuracy
+    from reparam.tickets.attacks import PGDConfig, robust_accuracy
+    from reparam.tickets.hooks import AdversarialTraining, GaussianNoiseTraining
 
     setup_runtime(args)
     register_targets()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from reparam.compander.parametrization import compander_layers
+from reparam.compander.parametrization import compander_tensors
 
 Derivative = Callable[[torch.Tensor], torch.Tensor]
 
@@ -78,8 +78,12 @@ class CompanderAdam(torch.optim.Optimizer):
 
 def compander_adam(model: nn.Module, param_groups: list[dict] | Iterable, lr: float = 1e-3,
                    **kwargs) -> CompanderAdam:
-    """A CompanderAdam over `param_groups` with Psi' registered for every compandered layer's v."""
+    """A CompanderAdam over `param_groups` with Psi' registered for every compandered tensor's v.
+
+    A compander after PRANC has no v: PRANC's coefficients get the ordinary Adam step."""
     derivs: dict[torch.Tensor, Derivative] = {}
-    for _, module, comp in compander_layers(model):
-        derivs[module.parametrizations.weight.original] = comp.dpsi
+    for _, module, t, comp in compander_tensors(model):
+        plist = module.parametrizations[t]
+        if plist[0] is comp:
+            derivs[plist.original] = comp.dpsi
     return CompanderAdam(param_groups, lr=lr, derivatives=derivs, **kwargs)

@@ -1,95 +1,31 @@
-"""The Weight Compander parametrization w = a * f(v / b) on Conv/Linear weights, and how to apply it.
+"""The Weight Compander parametrization w = a * f(v / b), and the helpers that train through it.
 
-`apply(model, config, filter_fn)` registers a `Compander` on the `.weight` of every layer `filter_fn`
-picks (default: every Conv1d/2d/3d and Linear, first and last layer included). BatchNorm parameters and
-biases are never touched: only the tensor named "weight" of Conv/Linear modules is parametrized, even if
-a user filter picks other modules.
-
-Registration runs `right_inverse`, which sets v0 = Psi^-1(w0) (paper eq. 4) from the model's own
-initialization, so the network computes the same function right after `apply` (to float32 rounding).
+A `Compander` sits on one weight tensor (a Conv/Linear/Embedding weight, MultiheadAttention's input
+projections). When it is the tensor's first parametrization its latent v is the tensor's `original`, set at
+registration by `right_inverse` to v0 = Psi^-1(w0) (paper eq. 4) from the model's own initialization, so the
+network computes the same function right after `apply` (to float32 rounding). When it follows PRANC it maps
+the generated weight theta (w = Psi(theta)): it bounds what PRANC generates and has no v of its own; PRANC's
+coefficients are what is trained. `apply` and `fold` live in `reparam.compander.api`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from reparam.compander.config import DECAY_MODES, LEARNABLE, OUT_OF_BOUND, POSITIVITY, CompanderConfig, Config
 from reparam.compander.functions import SFunction, get_function
 from reparam.core.errors import ReparamError
-from reparam.core.parametrize import WEIGHT_LAYERS, FilterFn, register
-from reparam.core.parametrize import fold as _fold
 
-LEARNABLE = (None, "fine", "coarse")
-POSITIVITY = ("abs", "softplus")
-OUT_OF_BOUND = ("error", "clamp")
-DECAY_MODES = ("auto", "psi", "v", "none")
-
-
-@dataclass
-class CompanderConfig:
-    """Settings of the Weight Compander.
-
-    a, b: the two positive scalars of Psi(v) = a * f(v / b) (the paper's names). For learnable WC they are
-    the initial values (paper §2.4: a = 0.5, b = 1.0).
-    fn: "arctan" (the paper's compander), "asinh" or "erf" (Table VII ablations).
-    learnable: None (fixed a, b stored as buffers, one pair for the whole model, the paper's main method),
-        "fine" (one learnable (a, b) per layer, the paper's learnable WC) or "coarse" (one learnable pair
-        shared by all layers).
-    positivity: how learnable a, b stay positive. "softplus" (default): a = softplus(raw) + min_scale (smooth;
-        rescales their gradient by sigmoid(raw), which damps the scalar's steps); "abs": the stored value is
-        used as |x| clamped below at `min_scale`, so while positive the gradient is exactly the paper's
-        dL/da, dL/db. With SGD lr 0.1 "abs" let the last layer's b jump to 10-27 and training collapse on
-        several digits seeds (docs/results/weight_compander.md §6), hence the softplus default.
-    on_out_of_bound: "error" (default) when an initial |w0| >= bound (eq. 4 undefined), or "clamp" to
-        (1 - clamp_margin) * bound with a warning.
-    ab_lr_scale: learning rate of learnable a, b relative to the base lr (default 1.0: the same lr as every
-        other parameter, as the paper implies; a and b each collect the gradient of a whole layer, so smaller
-        values can stabilise small-data training).
-    weight_decay: how weight decay reaches the compandered layers. "auto": on Psi(v) for fixed WC and on
-        v for learnable WC (the paper's choices); "psi", "v" or "none" force one (ablations). a and b are
-        never decayed; BN and biases keep the baseline's decay.
-    """
-
-    a: float = 0.8
-    b: float = 0.5
-    fn: str = "arctan"
-    learnable: str | None = None
-    positivity: str = "softplus"
-    min_scale: float = 1e-3
-    on_out_of_bound: str = "error"
-    clamp_margin: float = 1e-3
-    weight_decay: str = "auto"
-    ab_lr_scale: float = 1.0
-
-    def validate(self) -> CompanderConfig:
-        get_function(self.fn)
-        for name, value, allowed in (("learnable", self.learnable, LEARNABLE),
-                                     ("positivity", self.positivity, POSITIVITY),
-                                     ("on_out_of_bound", self.on_out_of_bound, OUT_OF_BOUND),
-                                     ("weight_decay", self.weight_decay, DECAY_MODES)):
-            if value not in allowed:
-                raise ReparamError(f"compander {name} {value!r} not allowed; allowed: "
-                                   + ", ".join(str(x) for x in allowed))
-        for name, value in (("a", self.a), ("b", self.b)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ReparamError(f"compander {name} must be a positive finite number, got {value!r}")
-        if not (math.isfinite(self.ab_lr_scale) and self.ab_lr_scale > 0):
-            raise ReparamError(f"ab_lr_scale must be a positive number, got {self.ab_lr_scale!r}")
-        if not 0 < self.clamp_margin < 1:
-            raise ReparamError(f"clamp_margin must be in (0, 1), got {self.clamp_margin}")
-        return self
-
-    @property
-    def decay_mode(self) -> str:
-        if self.weight_decay != "auto":
-            return self.weight_decay
-        return "psi" if self.learnable is None else "v"
+__all__ = ["ABScale", "Compander", "CompanderConfig", "Config", "DECAY_MODES", "LEARNABLE", "OUT_OF_BOUND",
+           "POSITIVITY", "add_psi_decay_grad", "compander_input", "compander_layers", "compander_tensors",
+           "latent_parameters", "learned_scales", "param_groups", "plain_state_dict", "psi_decay_penalty",
+           "scale_parameters"]
 
 
 def _inv_softplus(x: float) -> float:
@@ -132,16 +68,19 @@ class ABScale(nn.Module):
 
 
 class Compander(nn.Module):
-    """Parametrization w = a * f(v / b); the latent v is the layer's `parametrizations.weight.original`."""
+    """Parametrization w = a * f(x / b) of one tensor; x is the latent v (or, after PRANC, its weight)."""
+
+    reparam_method = "compander"
 
     def __init__(self, scale: ABScale, fn: str = "arctan", on_out_of_bound: str = "error",
-                 clamp_margin: float = 1e-3, layer: str = ""):
+                 clamp_margin: float = 1e-3, layer: str = "", shared: bool = False):
         super().__init__()
         self.scale = scale
         self.fn_name = fn
         self.on_out_of_bound = on_out_of_bound
         self.clamp_margin = clamp_margin
         self.layer = layer
+        self.shared = shared     # the same (a, b) serves every compandered tensor (fixed and coarse WC)
 
     @property
     def fn(self) -> SFunction:
@@ -159,19 +98,33 @@ class Compander(nn.Module):
     def bound(self) -> float:
         return self.fn.bound(float(self.scale.values()[0]))
 
+    def shared_storage(self) -> list[tuple[str, torch.Tensor]]:
+        """The (a, b) this parametrization shares with the others (reparam.summary counts them once)."""
+        return [("scale.a", self.scale.a), ("scale.b", self.scale.b)] if self.shared else []
+
+    @torch.no_grad()
+    def check(self, w: torch.Tensor) -> None:
+        """Raise (on_out_of_bound "error") when an initial |w0| reaches the bound, where eq. 4 is undefined."""
+        if self.on_out_of_bound != "error" or not w.numel():
+            return
+        a = float(self.scale.values()[0])
+        bound = self.fn.bound(a)
+        worst = float(w.detach().double().abs().max())
+        if worst >= bound:
+            raise ReparamError(
+                f"layer {self.layer or '?'}: initial weight |w0| = {worst:.4g} >= bound {bound:.4g} "
+                f"of {self.fn_name} with a={a:g}; Psi^-1 (eq. 4) is undefined there. Use a larger a, or "
+                "on_out_of_bound='clamp' (--clamp-init) to clamp the initial weights")
+
     @torch.no_grad()
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         """v = Psi^-1(w), computed in float64 so that Psi(v) recovers w to float32 rounding."""
+        self.check(w)
         a, b = (float(t) for t in self.scale.values())
         bound = self.fn.bound(a)
         w64 = w.detach().double()
         worst = float(w64.abs().max()) if w64.numel() else 0.0
         if worst >= bound:
-            if self.on_out_of_bound == "error":
-                raise ReparamError(
-                    f"layer {self.layer or '?'}: initial weight |w0| = {worst:.4g} >= bound {bound:.4g} "
-                    f"of {self.fn_name} with a={a:g}; Psi^-1 (eq. 4) is undefined there. Use a larger a, or "
-                    "on_out_of_bound='clamp' (--clamp-init) to clamp the initial weights")
             limit = (1 - self.clamp_margin) * bound
             n = int((w64.abs() >= limit).sum())
             warnings.warn(f"compander: clamped {n} initial weights of layer {self.layer or '?'} to "
@@ -183,64 +136,53 @@ class Compander(nn.Module):
         return f"fn={self.fn_name}, layer={self.layer!r}"
 
 
-def _weight_layers_only(filter_fn: FilterFn | None) -> FilterFn:
-    """Whatever the user's filter says, only Conv/Linear weights are parametrized (never BN, bias)."""
-
-    def fn(module: nn.Module, name: str) -> bool:
-        if not isinstance(module, WEIGHT_LAYERS):
-            return False
-        return True if filter_fn is None else bool(filter_fn(module, name))
-
-    return fn
-
-
-def apply(model: nn.Module, config: CompanderConfig | None = None,
-          filter_fn: FilterFn | None = None) -> list[str]:
-    """Register the compander on the weights of the layers `filter_fn` picks (in place).
-
-    Returns the names of the compandered layers. Raises ReparamError if a layer is already parametrized
-    or if an initial weight lies outside the bound (unless config.on_out_of_bound == "clamp").
-    """
-    config = (config or CompanderConfig()).validate()
-    learnable = config.learnable is not None
-    shared = None
-    if config.learnable in (None, "coarse"):
-        shared = ABScale(config.a, config.b, learnable, config.positivity, config.min_scale)
-
-    def make(name: str, module: nn.Module) -> nn.Module:
-        if parametrize.is_parametrized(module, "weight"):
-            raise ReparamError(f"layer {name!r} is already parametrized; apply the compander to a plain "
-                               "model")
-        scale = shared if shared is not None else ABScale(config.a, config.b, True, config.positivity,
-                                                          config.min_scale)
-        return Compander(scale, config.fn, config.on_out_of_bound, config.clamp_margin, layer=name)
-
-    done = register(model, make, _weight_layers_only(filter_fn))
-    if not done:
-        raise ReparamError("the compander filter picked no Conv/Linear layer")
-    return done
-
-
-def compander_layers(model: nn.Module) -> list[tuple[str, nn.Module, Compander]]:
-    """(layer name, layer, its Compander) for every compandered layer, in module order."""
+# -- finding the compandered tensors -------------------------------------------------------------------------
+def compander_tensors(model: nn.Module) -> list[tuple[str, nn.Module, str, Compander]]:
+    """(layer name, layer, tensor name, its Compander) for every compandered tensor, in module order."""
     out = []
     for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
-                if isinstance(p, Compander):
-                    out.append((name, module, p))
+        if parametrize.is_parametrized(module):
+            for t, plist in module.parametrizations.items():
+                out += [(name, module, t, p) for p in plist if isinstance(p, Compander)]
     return out
 
 
+def compander_layers(model: nn.Module) -> list[tuple[str, nn.Module, Compander]]:
+    """(layer name, layer, its Compander) for every layer whose `weight` is compandered, in module order."""
+    return [(name, module, comp) for name, module, t, comp in compander_tensors(model) if t == "weight"]
+
+
+def _owns_latent(module: nn.Module, tensor: str, comp: Compander) -> bool:
+    """True when the compander is the tensor's first parametrization, so `original` is its latent v."""
+    return module.parametrizations[tensor][0] is comp
+
+
+def compander_input(module: nn.Module, tensor: str, comp: Compander) -> torch.Tensor:
+    """What the compander maps: its latent v, or the output of the parametrizations before it (PRANC's
+    generated weight), computed with autograd so gradients reach what stands behind it."""
+    plist = module.parametrizations[tensor]
+    if plist[0] is comp:
+        return plist.original
+    if plist.is_tensor:
+        x = plist[0](plist.original)
+    else:
+        x = plist[0](*(getattr(plist, f"original{i}") for i in range(plist.ntensors)))
+    for p in list(plist)[1:]:
+        if p is comp:
+            return x
+        x = p(x)
+    raise ReparamError(f"the compander is not on {tensor!r} of this layer")   # not reached for a listed comp
+
+
 def latent_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The latent weights v (one per compandered layer)."""
-    return [m.parametrizations.weight.original for _, m, _ in compander_layers(model)]
+    """The latent weights v (one per compandered tensor it owns; none for a compander after PRANC)."""
+    return [m.parametrizations[t].original for _, m, t, c in compander_tensors(model) if _owns_latent(m, t, c)]
 
 
 def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Learnable a, b parameters (deduplicated; empty for fixed WC)."""
     seen: dict[int, nn.Parameter] = {}
-    for _, _, c in compander_layers(model):
+    for _, _, _, c in compander_tensors(model):
         for p in c.scale.parameters():
             seen.setdefault(id(p), p)
     return list(seen.values())
@@ -248,22 +190,27 @@ def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def learned_scales(model: nn.Module) -> dict[str, tuple[float, float]]:
     """{layer: (a, b)} as currently used (after the positivity map)."""
-    return {name: tuple(float(t.detach()) for t in c.scale.values()) for name, _, c in compander_layers(model)}
+    return {name: tuple(float(t.detach()) for t in c.scale.values()) for name, _, _, c in compander_tensors(model)}
 
 
-def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig,
+def param_groups(model: nn.Module, weight_decay: float | None = None, config: Config | None = None,
                  lr: float | None = None) -> list[dict]:
     """Optimizer groups: v decayed only in mode "v"; a, b never; everything else as the baseline.
 
-    The rest follows the shared trainer's baseline rule (reparam.train default_param_groups): decay on
-    tensors with ndim > 1 (weights of layers left plain), none on 1-d tensors (biases, BatchNorm).
+    weight_decay defaults to config.wd. The rest follows the shared trainer's baseline rule (reparam.train
+    default_param_groups): decay on tensors with ndim > 1 (weights of layers left plain), none on 1-d
+    tensors (biases, BatchNorm, PRANC's coefficients).
     """
+    config = config or Config()
+    weight_decay = config.wd if weight_decay is None else weight_decay
     v = latent_parameters(model)
     ab = scale_parameters(model)
     special = {id(p) for p in v + ab}
     rest = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
-    groups = [{"params": v, "weight_decay": weight_decay if config.decay_mode == "v" else 0.0,
-               "name": "compander_v"}]
+    groups = []
+    if v:
+        groups.append({"params": v, "weight_decay": weight_decay if config.decay_mode == "v" else 0.0,
+                       "name": "compander_v"})
     if ab:
         groups.append({"params": ab, "weight_decay": 0.0, "name": "compander_ab"})
         if config.ab_lr_scale != 1.0:
@@ -279,38 +226,45 @@ def param_groups(model: nn.Module, weight_decay: float, config: CompanderConfig,
     return groups
 
 
+# -- weight decay on w = Psi(v) ------------------------------------------------------------------------------
 @torch.no_grad()
 def add_psi_decay_grad(model: nn.Module, weight_decay: float) -> None:
     """v.grad += wd * Psi(v) * Psi'(v): the gradient of (wd/2) * sum Psi(v)^2, i.e. decay on w = Psi(v).
 
     This is the same lambda convention as torch's SGD `weight_decay` (which adds wd * w to w.grad, the
-    gradient of (wd/2) * ||w||^2), so fixed WC and the baseline are given the same number.
+    gradient of (wd/2) * ||w||^2), so fixed WC and the baseline are given the same number. A compander
+    after PRANC has no v: the same penalty is back-propagated to what generates its input.
     """
     if weight_decay == 0:
         return
-    for _, module, comp in compander_layers(model):
-        v = module.parametrizations.weight.original
+    chained = []
+    for _, module, t, comp in compander_tensors(model):
+        if not _owns_latent(module, t, comp):
+            chained.append((module, t, comp))
+            continue
+        v = module.parametrizations[t].original
         if v.grad is None:
             v.grad = torch.zeros_like(v)
         v.grad.add_(comp(v) * comp.dpsi(v), alpha=weight_decay)
+    if chained:
+        with torch.enable_grad():
+            (0.5 * weight_decay * sum(_psi_sq(m, t, c) for m, t, c in chained)).backward()
+
+
+def _psi_sq(module: nn.Module, tensor: str, comp: Compander) -> torch.Tensor:
+    a, b = (t.detach() for t in comp.scale.values())     # the decay never reaches a and b
+    return comp.fn.forward(compander_input(module, tensor, comp), a, b).pow(2).sum()
 
 
 def psi_decay_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
     """(wd/2) * sum Psi(v)^2 as a loss term; a, b are detached so the decay never reaches them."""
     total = None
-    for _, module, comp in compander_layers(model):
-        v = module.parametrizations.weight.original
-        a, b = (t.detach() for t in comp.scale.values())
-        term = comp.fn.forward(v, a, b).pow(2).sum()
+    for _, module, t, comp in compander_tensors(model):
+        term = _psi_sq(module, t, comp)
         total = term if total is None else total + term
     if total is None:
         return torch.zeros(())
     return 0.5 * weight_decay * total
-
-
-def fold(model: nn.Module) -> nn.Module:
-    """Replace every parametrization by its current plain weight (in place); zero inference overhead."""
-    return _fold(model)
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -325,3 +279,12 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for t in module.parametrizations.keys():
                 out[f"{name}.{t}" if name else t] = getattr(module, t).detach()
     return out
+
+
+def __getattr__(name: str):
+    # `apply` and `fold` moved to reparam.compander.api; the old import path works for one release.
+    if name in ("apply", "fold"):
+        from reparam.compander import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

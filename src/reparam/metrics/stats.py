@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """Paired differences a - b (same seed, same setting): mean, std, wins/ties/losses, paired t and
-    two-sided p (None when there are fewer than two pairs or no spread)."""
+    two-sided p (`scipy.stats.ttest_rel`; None when there are fewer than two pairs or no spread)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     m, s = mean_std(d)
     n = len(d)
@@ -25,8 +24,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     if n > 1 and s > 0:
         from scipy import stats
 
-        t = float(m / (s / math.sqrt(n)))
-        p = float(2 * stats.t.sf(abs(t), df=n - 1))
+        res = stats.ttest_rel(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+        t, p = float(res.statistic), float(res.pvalue)
     return {"mean": m, "std": s, "n": n, "wins": int((d > 0).sum()), "ties": int((d == 0).sum()),
             "losses": int((d < 0).sum()), "t": t, "p": p, "diffs": d.tolist()}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from reparam.compander import Config, apply, compander_layers, fold
 from reparam.compander.functions import dpsi, psi
-from reparam.compander.parametrization import CompanderConfig, apply, compander_layers, fold
 from reparam.compander.stats import percentile_plot
 from reparam.experiments.compander.runs import DataSpec, load, run_one
 from reparam.metrics.stats import paired, paired_verdict
@@ -56,7 +56,7 @@ def _exactness(spec: DataSpec) -> dict:
     model.eval()
     x = splits.test.tensors[0][:128]
     plain = copy.deepcopy(model)
-    apply(model, CompanderConfig(a=A, b=B))
+    apply(model, Config(a=A, b=B))
     with torch.no_grad():
         init_diff = float((model(x) - plain(x)).abs().max())
     # gradient: autograd dL/dv vs dL/dw * a*b/(b^2+v^2)

@@ -1,4 +1,4 @@
-"""PGD attacks in [0, 1] pixel space and the training-time callbacks that use them.
+"""PGD attacks in [0, 1] pixel space (the training hooks that use them are in `reparam.tickets.hooks`).
 
 Models normalize their inputs internally, so the attack never sees the normalization: it perturbs raw
 pixels, projects onto the eps-ball around the clean input and clamps to [0, 1] after every step.
@@ -119,36 +119,10 @@ def robust_accuracy(model: nn.Module, dataset, cfg: PGDConfig, batch_size: int =
     return correct / max(len(x_all), 1)
 
 
-def _callback_base():
-    # The shared trainer's Callback; fall back to `object` so the attack math imports without it.
-    try:
-        from reparam.train import Callback
-    except ImportError:  # pragma: no cover - before the foundation lands
-        return object
-    return Callback
+def __getattr__(name: str):
+    # The training hooks moved to reparam.tickets.hooks; the old import path works for one release.
+    if name in ("AdversarialTraining", "GaussianNoiseTraining"):
+        from reparam.tickets import hooks
 
-
-class AdversarialTraining(_callback_base()):
-    """Madry-style adversarial training: replace each training batch by its PGD examples (eq. 1)."""
-
-    def __init__(self, cfg: PGDConfig, seed: int = 0):
-        self.cfg = cfg.check()
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def before_forward(self, trainer, x, y):
-        return pgd(trainer.model, x, y, self.cfg, generator=self.gen, rows=getattr(trainer, "batch_rows", None)), y
-
-
-class GaussianNoiseTraining(_callback_base()):
-    """Randomized-smoothing-style training (Cohen et al.): x + N(0, sigma^2), clamped to [0, 1]."""
-
-    def __init__(self, sigma: float, seed: int = 0):
-        if sigma < 0:
-            raise ReparamError(f"noise sigma must be >= 0, got {sigma}")
-        self.sigma = sigma
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def before_forward(self, trainer, x, y):
-        rows = getattr(trainer, "batch_rows", None)
-        noise = _draw(torch.randn, x.shape, rows, generator=self.gen, dtype=x.dtype) * self.sigma
-        return (x + noise.to(x.device)).clamp(0, 1), y
+        return getattr(hooks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

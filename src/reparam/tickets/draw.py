@@ -17,7 +17,8 @@ from torch.nn.utils import parametrize as tparam
 from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError
 from reparam.tickets import masks as mk
-from reparam.tickets.attacks import AdversarialTraining, PGDConfig
+from reparam.tickets.attacks import PGDConfig
+from reparam.tickets.hooks import AdversarialTraining
 from reparam.tickets.patterns import Pattern, layer_mask, select
 
 
@@ -146,6 +147,8 @@ class _STETopK(torch.autograd.Function):
 
 class ScoreMask(nn.Module):
     """weight = original * topk(|scores|): per-layer top-k (exactly `keep` entries) with an STE."""
+
+    reparam_method = "tickets"
 
     def __init__(self, scores: torch.Tensor, pattern: Pattern, keep: int | float):
         super().__init__()

@@ -13,7 +13,6 @@ import copy
 import torch
 import torch.nn as nn
 
-from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError
 from reparam.tickets import masks as mk
 
@@ -82,7 +81,7 @@ def export_channel_ticket(model: nn.Module, masks: mk.Masks, example: torch.Tens
     net = copy.deepcopy(model)
     full = channel_masks_with_bn(net, masks, example)
     apply_param_masks(net, full)
-    rp.fold(net)   # every parametrization: conv weights and BN weight/bias
+    mk.fold(net)   # every mask: conv weights and BN weight/bias
     net.eval()
     dg = tp.DependencyGraph().build_dependency(net, example_inputs=example)
     for key, m in masks.items():
@@ -98,11 +97,17 @@ def export_channel_ticket(model: nn.Module, masks: mk.Masks, example: torch.Tens
 
 
 def size_report(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    """MACs and parameters (Torch-Pruning's counter) and median CPU latency of one batch."""
-    import torch_pruning as tp
+    """MACs per image, parameters and median CPU latency of one batch.
 
-    from reparam.metrics import latency
+    MACs come from reparam's one counter (`reparam.metrics.count_macs`, torch.utils.flop_counter): the
+    multiply-accumulates of convolutions and matrix products for one image. Until this version they came
+    from Torch-Pruning's `count_ops_and_params`, which also counted BatchNorm and pooling (e.g. the digits
+    cnn: 2,409,730.5 there, 2,379,008 here; a 50% channel ticket's exported/dense ratio 0.2552 there,
+    0.2521 here). Parameters are unchanged (count_params).
+    """
+    from reparam.metrics import count_macs, count_params, latency
 
-    macs, params = tp.utils.count_ops_and_params(model, example)
     model.eval()
-    return {"macs": float(macs), "params": float(params), "latency_s": float(latency(model, example))}
+    macs = count_macs(model, (1, *example.shape[1:]))
+    return {"macs": float(macs), "params": float(count_params(model)),
+            "latency_s": float(latency(model, example))}

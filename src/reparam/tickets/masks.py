@@ -18,6 +18,7 @@ from torch.nn.utils import prune as tprune
 from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_tensors, save_tensors
+from reparam.core.protocol import bake_method
 
 Masks = dict[str, torch.Tensor]
 MASK_KIND = "mask"
@@ -59,7 +60,12 @@ def weights(model: nn.Module, filter_fn: rp.FilterFn | None = None) -> dict[str,
 
 
 class MaskParam(nn.Module):
-    """weight = original * mask; the mask is a buffer (saved with the model, never trained)."""
+    """weight = original * mask; the mask is a buffer (saved with the model, never trained).
+
+    The one mask parametrization of reparam (tickets, the PRANC harness's pruning baseline, channel export).
+    """
+
+    reparam_method = "tickets"
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
@@ -137,9 +143,14 @@ def set_original(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
                 _module(model, k).weight.copy_(v)
 
 
-def fold_masks(model: nn.Module) -> nn.Module:
-    """Bake `original * mask` into plain weights and drop the parametrization (in place)."""
-    return rp.fold(model, "weight")
+def fold(model: nn.Module) -> nn.Module:
+    """Bake every masked tensor (with whatever chain it is on: w = Psi(v) * mask after the compander) into a
+    plain weight, in place: pruned entries are exact zeros and the sparsity is exactly the mask's."""
+    bake_method(model, "tickets")
+    return model
+
+
+fold_masks = fold   # the old name, kept for one release
 
 
 def ones_like_weights(model: nn.Module, filter_fn: rp.FilterFn | None = None) -> Masks:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reparam.compander.parametrization import learned_scales
+from reparam.compander import learned_scales
 from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import seed_everything
 from reparam.experiments.compander.variants import Variant, parse_variant, setup_variant

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch.nn as nn
 
-from reparam.compander.callbacks import PsiDecay, WeightStatsCallback
-from reparam.compander.optim import compander_adam
-from reparam.compander.parametrization import CompanderConfig, apply, param_groups
+from reparam import compander
+from reparam.compander import Config, PsiDecay, WeightStatsCallback, compander_adam, param_groups
+from reparam.core import parametrize as rp
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
 from reparam.experiments.compander.baselines import apply_powerprop, apply_weight_norm
-from reparam.train import Callback, TrainConfig
+from reparam.train import Callback, Hook, TrainConfig
 
 KINDS = ("plain", "wc", "wn", "pp")
 ALIASES = {
@@ -84,12 +84,12 @@ def parse_variant(text: str) -> Variant:
     return Variant(head, opts, original)
 
 
-def compander_config(variant: Variant, a: float = 0.8, b: float = 0.5) -> CompanderConfig:
+def compander_config(variant: Variant, a: float = 0.8, b: float = 0.5) -> Config:
     o = variant.options
-    return CompanderConfig(a=o.get("a", a), b=o.get("b", b), fn=o.get("fn", "arctan"),
-                           learnable=o.get("learnable"), positivity=o.get("positivity", "softplus"),
-                           weight_decay=o.get("decay", "auto"), ab_lr_scale=o.get("ablr", 1.0),
-                           on_out_of_bound="clamp" if o.get("clamp") else "error").validate()
+    return Config(a=o.get("a", a), b=o.get("b", b), fn=o.get("fn", "arctan"),
+                  learnable=o.get("learnable"), positivity=o.get("positivity", "softplus"),
+                  weight_decay=o.get("decay", "auto"), ab_lr_scale=o.get("ablr", 1.0),
+                  on_out_of_bound="clamp" if o.get("clamp") else "error")
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Setup:
     """What the Trainer needs for one variant."""
 
     config: TrainConfig
-    callbacks: list[Callback]
+    callbacks: list[Callback | Hook]
     param_groups: list[dict] | None
     optimizer: Any
     stats: WeightStatsCallback
@@ -115,8 +115,8 @@ def setup_variant(model: nn.Module, variant: Variant, config: TrainConfig, filte
     if opt in ("sgd", "adam"):
         cfg.optimizer = opt
     cfg.validate()
-    stats = WeightStatsCallback(check_every_step=check_every_step)
-    callbacks: list[Callback] = [stats]
+    stats = WeightStatsCallback(check_every_step=check_every_step, model=model)
+    callbacks: list[Callback | Hook] = [stats]
     groups = None
     optimizer = None
     info: dict[str, Any] = {"variant": variant.label, "optimizer": opt or cfg.optimizer}
@@ -127,11 +127,18 @@ def setup_variant(model: nn.Module, variant: Variant, config: TrainConfig, filte
         info.update(layers=apply_powerprop(model, alpha, filter_fn), alpha=alpha)
     elif variant.kind == "wc":
         wc = compander_config(variant, a, b)
-        info.update(layers=apply(model, wc, filter_fn), a=wc.a, b=wc.b, fn=wc.fn, learnable=wc.learnable,
+        handle = compander.apply(model, wc, filter_fn)
+        info.update(layers=handle.layers, a=wc.a, b=wc.b, fn=wc.fn, learnable=wc.learnable,
                     decay=wc.decay_mode, positivity=wc.positivity)
         groups = param_groups(model, cfg.weight_decay, wc, lr=cfg.lr)
-        if wc.decay_mode == "psi":
-            callbacks.insert(0, PsiDecay(cfg.weight_decay))
+        if wc.decay_mode == "psi":   # the trainer's lambda, on Psi(v) (v itself is not decayed)
+            callbacks.insert(0, PsiDecay(cfg.weight_decay, model=model))
         if opt == "madam":
             optimizer = compander_adam(model, groups, lr=cfg.lr)
     return Setup(cfg, callbacks, groups, optimizer, stats, info)
+
+
+def fold_variant(model: nn.Module) -> nn.Module:
+    """The plain model of any variant: the compander's fold, then torch's fold for the WN/PP baselines."""
+    compander.fold(model)
+    return rp.fold(model)

@@ -24,8 +24,9 @@ from reparam.core.runtime import derive_seed, seed_everything
 from reparam.experiments.tickets.evaluation import linear_mmd, ood_eval, proxy_a_distance
 from reparam.experiments.tickets.transfer import LinearConfig, extract_features, transfer
 from reparam.tickets import masks as mk
-from reparam.tickets.attacks import AdversarialTraining, GaussianNoiseTraining, PGDConfig, robust_accuracy
+from reparam.tickets.attacks import PGDConfig, robust_accuracy
 from reparam.tickets.draw import IMPConfig, LMPConfig, imp, lmp, omp
+from reparam.tickets.hooks import AdversarialTraining, GaussianNoiseTraining
 from reparam.tickets.patterns import parse_pattern
 
 SCHEMES = ("omp", "imp", "aimp", "lmp")

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reparam import tickets
 from reparam.core.errors import ReparamError
 from reparam.tickets import masks as mk
 
@@ -31,7 +32,7 @@ def ticket_model(pretrained: nn.Module, masks: mk.Masks, num_classes: int) -> nn
     net = copy.deepcopy(pretrained)
     replace_head(net, num_classes)
     if masks:
-        mk.apply_masks(net, masks)
+        tickets.apply(net, tickets.Config(masks=masks))
     return net
 
 
