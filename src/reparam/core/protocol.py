@@ -164,6 +164,10 @@ def bake(module: nn.Module, tensor: str) -> None:
         return
     value = _eval_value(module, tensor).detach().clone()
     original = module.parametrizations[tensor].original
+    for p in module.parametrizations[tensor]:
+        release = getattr(p, "release", None)   # a parametrization holding shared state hands it on (PRANC)
+        if callable(release):
+            release()
     parametrize.remove_parametrizations(module, tensor, leave_parametrized=False)
     if original.shape == value.shape and original.dtype == value.dtype and original.requires_grad:
         original.copy_(value)
