@@ -65,12 +65,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one name per identical tensor (same storage, offset, shape, strides and dtype); copy tensors
+    that only overlap another's storage, which safetensors cannot write."""
+    kept: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype,
+               t.device) if t.numel() else None
+        if key is not None and key in kept:
+            aliases[name] = kept[key]
+            continue
+        if key is not None:
+            kept[key] = name
+        out[name] = t
+    ptrs = [t.untyped_storage().data_ptr() for t in out.values() if t.numel()]
+    shared = {p for p in ptrs if ptrs.count(p) > 1}
+    return {k: (v.clone() if v.numel() and v.untyped_storage().data_ptr() in shared else v)
+            for k, v in out.items()}, aliases
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
                  header: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save tensors with a checked header. Returns the full header written."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """Save tensors with a checked header. Returns the full header written.
+
+    One tensor under several names (a compander's shared a and b, tied weights) is stored once; the
+    header's "aliases" maps the other names to it and loading gives every name back.
+    """
+    tensors, aliases = _dedupe({k: v.detach() for k, v in tensors.items()})
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind}
     full.update(header or {})
+    if aliases:
+        full["aliases"] = aliases
     full["tensors"] = _describe(tensors)
     full["crc32"] = _header_crc(full, _crc32(tensors))
     data = st_save(tensors, metadata={"reparam": json.dumps(full, sort_keys=True)})
@@ -120,6 +148,12 @@ def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
         raise ReparamError(f"{path}: tensors do not match the header's names/shapes/dtypes")
     if _header_crc(header, _crc32(tensors)) != header.get("crc32"):
         raise ReparamError(f"{path}: CRC32 mismatch, the file is corrupted")
+    aliases = header.get("aliases", {})
+    if not isinstance(aliases, dict) or any(not isinstance(a, str) or a in tensors or t not in tensors
+                                            for a, t in aliases.items()):
+        raise ReparamError(f"{path}: the header's aliases do not name stored tensors")
+    for alias, target in aliases.items():
+        tensors[alias] = tensors[target]
     return tensors, header
 
 

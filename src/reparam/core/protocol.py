@@ -115,19 +115,33 @@ def weight_tensors(module: nn.Module, include_bias: bool = False) -> list[str]:
     return [n for n in names if getattr(module, n, None) is not None]
 
 
+def inactive_parameters(model: nn.Module) -> set[str]:
+    """Parameters a module stores but does not compute with in its current mode (a module lists them in
+    `inactive_parameters()`, relative to itself: MixtureGrowth's other-member BatchNorm)."""
+    out: set[str] = set()
+    for name, module in model.named_modules():
+        fn = getattr(module, "inactive_parameters", None)
+        if callable(fn):
+            out.update(f"{name}.{p}" if name else p for p in fn())
+    return out
+
+
 def dense_tensors(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Every parameter of the equivalent plain model: `layer.tensor` -> the shape the layer computes with.
 
     A parametrized tensor counts with the shape of the weight it produces, not of what stands behind it;
     tensors that only serve a method (coefficients, templates, a parametrization's own parameters) are
-    not parameters of the plain model.
+    not parameters of the plain model, nor are parameters the current mode does not use.
     """
     out: dict[str, tuple[int, ...]] = {}
+    inactive = inactive_parameters(model)
     for name, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList) or _inside_parametrization(name):
             continue
         for pname, p in module.named_parameters(recurse=False):
-            out[f"{name}.{pname}" if name else pname] = tuple(p.shape)
+            key = f"{name}.{pname}" if name else pname
+            if key not in inactive:
+                out[key] = tuple(p.shape)
         if parametrize.is_parametrized(module):
             for t in module.parametrizations.keys():
                 with torch.no_grad():
@@ -164,6 +178,11 @@ def bake(module: nn.Module, tensor: str) -> None:
         return
     value = _eval_value(module, tensor).detach().clone()
     original = module.parametrizations[tensor].original
+    # copy.deepcopy of a parametrized module shares its generated class, and removing a parametrization
+    # deletes the tensor's property from that class: give this module a class of its own first, so
+    # folding a copy never breaks the model it was copied from.
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     for p in module.parametrizations[tensor]:
         release = getattr(p, "release", None)   # a parametrization holding shared state hands it on (PRANC)
         if callable(release):

@@ -75,7 +75,8 @@ def summarize(model: nn.Module) -> list[SummaryRow]:
             if len(users[id(t)]) > 1:
                 shared.setdefault(id(t), (label, t, users[id(t)], methods[key]))
         stored_as = " + ".join(f"{label} {t.numel():,}" for label, t in own) or "nothing"
-        rows.append(SummaryRow(key, methods[key], int(torch.Size(shapes[key]).numel()),
+        dense = int(torch.Size(shapes[key]).numel()) if key in shapes else 0   # 0: unused in this mode
+        rows.append(SummaryRow(key, methods[key] + ("" if key in shapes else " (unused now)"), dense,
                                sum(t.numel() for _, t in own), stored_as))
     for label, t, keys, method in shared.values():
         rows.append(SummaryRow(f"shared: {label.split('.', 1)[-1]}", method, 0, t.numel(),

@@ -23,6 +23,7 @@ from reparam.core.protocol import bake_method
 from reparam.mixturegrowth.layers import (
     MemberBatchNorm2d,
     TemplateMix,
+    current_member,
     is_grown,
     is_template_mixing,
     set_member,
@@ -190,14 +191,17 @@ def _fix_layer_attributes(module: nn.Module) -> None:
 def fold(model: nn.Module, member: int | None = None) -> nn.Module:
     """Replace templates by the weights they generate: a plain network (in place; returns it).
 
-    member=None folds the grown network (target width); member=m folds small network m (half width).
+    member=None folds what the model runs now: the grown network (target width) once grown, else the
+    current small network; member=m folds small network m (half width).
     No parametrization, MemberBatchNorm2d or MixtureGrowth tag is left: the plain layers compute exactly
     what the template-mixing model computed in that mode.
     """
     if not is_template_mixing(model):
         raise ReparamError("fold needs a template-mixing model (reparam.mixturegrowth.apply)")
     if member is None and not is_grown(model):
-        raise ReparamError("the network has not been grown; pass member=0 or 1 to fold a small network")
+        member = current_member(model)
+        if member is None:
+            raise ReparamError("the network has not been grown; pass member=0 or 1 to fold a small network")
     if member is not None and is_grown(model):
         raise ReparamError("members cannot be folded after growth (their BatchNorms were merged)")
     set_member(model, member)

@@ -105,6 +105,14 @@ class MemberBatchNorm2d(nn.Module):
         self.full: nn.BatchNorm2d | None = None
         self.member: int | None = 0
 
+    def inactive_parameters(self) -> list[str]:
+        """Parameters the current mode does not compute with (the other member's BatchNorm): stored, but
+        not part of the plain network this mode folds to (reparam.summary counts them so)."""
+        if self.member is None or self.bns is None:
+            return []
+        return [f"bns.{i}.{n}" for i, bn in enumerate(self.bns) if i != self.member
+                for n, _ in bn.named_parameters()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.member is None:
             if self.full is None:
