@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 import reparam
+from docexamples import doc_path, own_loop_code
 from reparam import compander
 from reparam.compander import Config, PsiDecay, param_groups, psi
 from reparam.core.errors import ReparamError
@@ -21,13 +20,9 @@ from reparam.core.protocol import ReparamWarning
 from reparam.core.runtime import derive_seed
 from reparam.train import TrainConfig, Trainer
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "compander.md"
+DOC = doc_path("compander")
 
 
-def own_loop_code() -> str:
-    text = DOC.read_text()
-    marker = "<!-- own-loop example: executed by tests/test_compander_protocol.py -->"
-    return re.search(r"```python\n(.*?)```", text[text.index(marker):], re.S).group(1)
 
 
 def toy_batches(n: int = 20, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -42,7 +37,7 @@ def toy_batches(n: int = 20, seed: int = 0) -> list[tuple[torch.Tensor, torch.Te
 
 def run_doc(batches, fold: bool = True) -> dict:
     """Execute the guide's own-loop block (optionally without its last line, the fold); it must not warn."""
-    code = own_loop_code()
+    code = own_loop_code("compander")
     if not fold:
         code = code[:code.rindex("compander.fold(model)")]
     torch.manual_seed(0)

@@ -3,9 +3,7 @@ naming the layer, never a half-converted model), fold, and the own-loop example 
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,17 +11,14 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 import reparam
+from docexamples import doc_path, own_loop_code
 from reparam import mixturegrowth as mg
 from reparam.core.errors import ReparamError
 from reparam.core.protocol import Applied, ReparamWarning, claim, methods_on
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "mixturegrowth.md"
+DOC = doc_path("mixturegrowth")
 
 
-def _doc_example() -> str:
-    text = DOC.read_text()
-    section = text[text.index("## Your own training loop"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def _snapshot(model: nn.Module):
@@ -43,7 +38,7 @@ def _wrn(name="wrn-10-1", seed=0, **kw):
 
 def test_own_loop_example_from_the_docs():
     ns: dict = {}
-    exec(compile(_doc_example(), str(DOC), "exec"), ns)      # the example asserts fold == grown outputs
+    exec(compile(own_loop_code("mixturegrowth"), str(DOC), "exec"), ns)      # the example asserts fold == grown outputs
     for phase in ("net1", "net2", "grown"):
         losses = ns[phase]
         assert losses[-1] < losses[0], phase                    # every phase of the plain loop learns

@@ -1,9 +1,7 @@
 """PRANC on the one protocol: the guide's own-loop example as written, Embedding and attention layers in
 the basis, the handle, refusals that leave the model untouched, and the .prnc file with chains."""
 
-import re
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,17 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from docexamples import doc_path, own_loop_code
 from reparam import compander, pranc, tickets
 from reparam.core.errors import ReparamError
 from reparam.pranc.fileio import load_prnc, save_prnc
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "pranc.md"
+DOC = doc_path("pranc")
 
 
-def own_loop_code() -> str:
-    text = DOC.read_text()
-    marker = "<!-- own-loop example: executed by tests/test_pranc_protocol.py -->"
-    return re.search(r"```python\n(.*?)```", text[text.index(marker):], re.S).group(1)
 
 
 def batches(n: int = 20, seed: int = 0):
@@ -40,7 +35,7 @@ def mean_loss(model, data):
 
 
 def test_the_guides_own_loop_runs_and_learns():
-    code = own_loop_code()
+    code = own_loop_code("pranc")
     data = batches()
     body, last = code[:code.rindex("pranc.fold(model)")], "pranc.fold(model)"
     torch.manual_seed(0)

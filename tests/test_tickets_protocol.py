@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import re
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
+from docexamples import doc_path, own_loop_code
 from reparam import compander, tickets
 from reparam.core.errors import ReparamError
 from reparam.core.runtime import derive_seed
@@ -23,13 +22,9 @@ from reparam.tickets.draw import omp
 from reparam.tickets.hooks import AdversarialTraining, GaussianNoiseTraining
 from reparam.train import TrainConfig, Trainer
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "tickets.md"
+DOC = doc_path("tickets")
 
 
-def own_loop_code() -> str:
-    text = DOC.read_text()
-    marker = "<!-- own-loop example: executed by tests/test_tickets_protocol.py -->"
-    return re.search(r"```python\n(.*?)```", text[text.index(marker):], re.S).group(1)
 
 
 def toy_batches(n: int, seed: int = 0, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,7 +57,7 @@ def conv_weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 def test_doc_own_loop_exact_sparsity_loss_down_and_fold():
-    code = own_loop_code()
+    code = own_loop_code("tickets")
     batches = toy_batches(30)
     start = run(code[:code.index("\nopt =")], [])["model"]            # the same seed: the initial model
     head, last = code[:code.rindex("tickets.fold(model)")], "tickets.fold(model)"

@@ -4,7 +4,6 @@ plain loop (the own-loop example of docs/trp.md, run as written) and in the Trai
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,20 +14,17 @@ from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
 import reparam
+from docexamples import doc_path, own_loop_code
 from reparam import trp
 from reparam.core.errors import ReparamError
 from reparam.core.protocol import Applied, ReparamWarning, methods_on
 from reparam.train import Callback, TrainConfig, Trainer
 from reparam.trp.flops import conv_shapes
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "trp.md"
+DOC = doc_path("trp")
 DOC_CONFIG = trp.Config(scheme="channel", energy=0.1, period=2, nuclear=3e-4)   # the example's settings
 
 
-def _doc_example() -> str:
-    text = DOC.read_text()
-    section = text[text.index("## Your own training loop"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def _net(seed=0, linear=False):
@@ -114,7 +110,7 @@ def test_own_loop_example_from_the_docs_matches_the_trainer_bit_for_bit():
         seen["losses"].append(full_loss())
 
     ns["loader"] = loader()
-    exec(compile(_doc_example(), str(DOC), "exec"), ns)
+    exec(compile(own_loop_code("trp"), str(DOC), "exec"), ns)
     handle = ns["handle"]
     assert isinstance(handle, Applied) and handle.method == "trp" and handle.config == DOC_CONFIG
     assert handle.layers == ["3", "6"] and seen["checked"] == 1 + 10
