@@ -160,7 +160,7 @@ def test_hook_state_round_trip():
 
 
 COMMON = ["--data", "digits", "--model", "cnn", "--train-subset", "150", "--epochs", "1", "--no-progress",
-          "--latency-batches", ""]
+          "--latency-batches", "", "--plan", "flops"]
 
 
 def test_cli_train_then_decompose(tmp_path, capsys):
@@ -180,7 +180,7 @@ def test_cli_train_then_decompose(tmp_path, capsys):
 
     d = tmp_path / "d"
     assert main(["trp", "decompose", str(out / "model.safetensors"), "--scheme", "spatial", "--speedup", "1.5",
-                 "--latency-batches", "", "--out", str(d)]) == 0
+                 "--latency-batches", "", "--plan", "flops", "--out", str(d)]) == 0
     md = json.loads((d / "metrics.json").read_text())
     assert md["flops_speedup"] >= 1.5 and md["seed"] == 0 and md["dataset"] == "digits"
 

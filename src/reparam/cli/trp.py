@@ -23,10 +23,37 @@ from reparam.cli.common import (
 from reparam.core.errors import ReparamError
 from reparam.core.outdir import output_dir, write_json
 from reparam.trp.config import COUNTERS, NUCLEAR_RANKS, NUCLEAR_WHEN, Config
+from reparam.trp.export import RUNTIMES
+from reparam.trp.latency import DEVICES
+from reparam.trp.plan import PLANS
 from reparam.trp.rank import RankRule
 from reparam.trp.reshape import canonical_scheme
 
 MODES = ("trp", "nuclear", "none")
+# compile+channels_last was the fastest runtime for both the trained and the decomposed ResNet-20 in nearly
+# every case measured (docs/results/trp.md); plain compile (NCHW) rarely differs from it, and costs a build
+DEFAULT_RUNTIMES = ("eager", "channels_last", "compile+channels_last")
+
+
+def _runtimes(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _plan_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The planner and timing options of both commands, for decompose_and_measure."""
+    from reparam.trp.export import check_runtimes
+    from reparam.trp.latency import CostTable
+
+    check_runtimes(args.runtimes)
+    if args.latency_budget is not None and args.latency_budget < 0:
+        raise ReparamError(f"--latency-budget {args.latency_budget} is not allowed; must be >= 0 ms")
+    if args.plan == "latency" and not args.latency_batches:
+        raise ReparamError("--plan latency needs a deployment batch size (--latency-batches); use --plan flops "
+                           "to skip timing")
+    timed = bool(args.latency_batches)
+    table = CostTable(args.cost_table, device=args.latency_device) if timed else None
+    return {"plan": args.plan, "device": args.latency_device, "runtimes": args.runtimes, "table": table,
+            "latency_budget": args.latency_budget, "time_layers": timed, "memory": timed}
 
 
 def _add_decompose_args(p: argparse.ArgumentParser) -> None:
@@ -34,10 +61,27 @@ def _add_decompose_args(p: argparse.ArgumentParser) -> None:
                    help="also decompose strided convs (default: stride-1 convs only, as the official code)")
     p.add_argument("--include-stem", action="store_true", help="treat the first conv too (default: skip it)")
     p.add_argument("--latency-batches", type=int_list, default=[1, 128],
-                   help="batch sizes for CPU latency (default 1,128; empty string to skip)")
-    p.add_argument("--latency-repeats", type=positive_int, default=21)
+                   help="deployment batch sizes: the latency plan is made for them and latency is measured at "
+                        "them (default 1,128; empty string to skip timing, with --plan flops)")
+    p.add_argument("--latency-repeats", type=positive_int, default=21,
+                   help="alternating timing rounds per model and runtime (median)")
     p.add_argument("--latency-size", type=positive_int, default=None,
-                   help="square input size for latency (default: the dataset's; FLOPs use the dataset's)")
+                   help="deployment input size (square) for the plan and latency (default: the dataset's; the "
+                        "reported flops_speedup uses the dataset's)")
+    p.add_argument("--plan", default="latency", choices=PLANS,
+                   help="latency (default): split a layer only when the split is measured faster at the deployment "
+                        "batches and size, ranks rounded up to fast sizes; flops: every target at the rule's rank "
+                        "(the paper)")
+    p.add_argument("--latency-budget", type=float, default=None, metavar="MS",
+                   help="lower ranks further while the validation accuracy is unchanged, until the predicted time "
+                        "at the first deployment batch is <= MS (0: the fastest plan whose accuracy is unchanged)")
+    p.add_argument("--latency-device", default="cpu", choices=DEVICES, help="device to plan and time on")
+    p.add_argument("--runtimes", type=_runtimes, default=DEFAULT_RUNTIMES,
+                   help=f"comma list of runtimes to time each model under (its fastest is reported): "
+                        f"{', '.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)}; each compiled one "
+                        f"takes tens of seconds per model and batch size to build)")
+    p.add_argument("--cost-table", default=None,
+                   help="per-machine cost table file (default: in the user cache dir, $REPARAM_CACHE_DIR)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,6 +164,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.milestones = [max(1, args.epochs // 2), max(1, (3 * args.epochs) // 4)]
     config = config_from_args(args)
     splits, model = prepare(args)
+    planning = _plan_args(args)            # after prepare: the cost table is keyed by the thread count set there
     if trp_cfg is not None:
         callbacks = trp.apply(model, trp_cfg).hooks     # projects once: training starts from D(W_0)
     else:
@@ -131,7 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
         small, plans, m = decompose_and_measure(
             trained, splits, scheme, rule, only_stride1=not args.all_strides, skip_stem=not args.include_stem,
             latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats,
-            latency_size=args.latency_size)
+            latency_size=args.latency_size, **planning)
         spec = getattr(trained, "build_args", {"name": args.model})
         save_decomposed(work / "decomposed.safetensors", small, spec, scheme, plans, {"decompose_rule": rule})
         out = dict(m)
@@ -159,10 +204,38 @@ def _print_summary(m: dict[str, Any], out: str) -> None:
     rows = [("accuracy before decomposition", m["test_acc_before"]), ("accuracy decomposed", m["test_acc"]),
             ("conv-FLOPs speed-up", round(m["flops_speedup"], 3)), ("mean rank", round(m["mean_rank"], 2)),
             ("max |logit diff|", f"{m['max_logit_diff']:.2e}")]
-    for k in sorted(x for x in m if x.startswith("latency_speedup_b")):
-        rows.append((k.replace("_", " "), round(m[k], 3)))
+    rows.insert(0, ("plan", m.get("plan", "flops")))
+    for k in sorted(x for x in m if x.startswith("latency_speedup_b") and not x.endswith("_wall")):
+        b = k[len("latency_speedup_"):]
+        rows.append((f"latency speed-up {b} ({m[f'latency_{b}_after_runtime']})", round(m[k], 3)))
     rows.append(("output", str(out)))
     print_table("TRP decomposition", rows)
+    if m.get("plan_table"):
+        print_plan_table(m["plan_table"])
+
+
+def print_plan_table(rows: list[dict[str, Any]]) -> None:
+    """The per-layer plan: rank, MACs, measured time before/after (fastest layout per batch), decision."""
+    from rich.console import Console
+    from rich.table import Table
+
+    batches = sorted({k.split("/")[0] for r in rows for k in r["ms_before"]}, key=lambda b: int(b[1:]))
+    t = Table(title="TRP plan per layer", show_header=True)
+    for col in ("layer", "rank", "MACs before/after", *(f"ms {b} before/after" for b in batches), "decision"):
+        t.add_column(col)
+
+    def ms(r: dict[str, Any], b: str) -> str:
+        keys = [k for k in r["ms_before"] if k.split("/")[0] == b]
+        if not keys:
+            return "-"
+        k = min(keys, key=lambda k: r["ms_before"][k])   # the layout the layer is fastest in
+        return f"{r['ms_before'][k]:.3f} / {r['ms_after'][k]:.3f}"
+
+    for r in rows:
+        rank = f"{r['rank']}/{r['max_rank']}" + (f" (rule {r['rule_rank']})" if r["rule_rank"] != r["rank"] else "")
+        t.add_row(r["layer"], rank, f"{r['macs_before']:,} / {r['macs_after']:,}", *(ms(r, b) for b in batches),
+                  f"{r['decision']}: {r['reason']}")
+    Console().print(t)
 
 
 def run_decompose(args: argparse.Namespace) -> int:
@@ -181,6 +254,7 @@ def run_decompose(args: argparse.Namespace) -> int:
         raise ReparamError(f"--speedup {args.speedup} is not allowed; must be > 1")
     if args.finetune_epochs < 0:
         raise ReparamError(f"--finetune-epochs {args.finetune_epochs} is not allowed; must be >= 0")
+    planning = _plan_args(args)
     model, header = load_model_file(args.checkpoint)
     if header.get("trp"):
         raise ReparamError(f"{args.checkpoint} is already decomposed; pass the trained model.safetensors")
@@ -206,7 +280,7 @@ def run_decompose(args: argparse.Namespace) -> int:
         small, plans, m = decompose_and_measure(
             model, splits, scheme, rule, only_stride1=not args.all_strides, skip_stem=not args.include_stem,
             latency_batches=tuple(args.latency_batches), latency_repeats=args.latency_repeats,
-            latency_size=args.latency_size)
+            latency_size=args.latency_size, **planning)
         m.update(extra)
         m.update(method="trp-decompose", source=str(args.checkpoint), source_method=header.get("method"),
                  model=spec["name"], dataset=args.data, seed=args.seed, decompose_rule=rule,

@@ -23,7 +23,7 @@ import torch.nn as nn
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
 from reparam.trp.apply import fold, layer_config, layers
-from reparam.trp.project import _mask, _ranks, _svd, select_targets
+from reparam.trp.project import _ranks, _svd, select_targets
 from reparam.trp.rank import RankRule
 from reparam.trp.reshape import canonical_scheme, max_rank
 
@@ -53,7 +53,7 @@ class LayerPlan:
     max_rank: int
     decompose: bool
     reason: str = ""
-    filter_ranks: list[int] = field(default_factory=list)  # 'nd' only
+    filter_ranks: list[int] = field(default_factory=list)  # nd only: the rule's rank per filter (all fill `rank` paths)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +138,9 @@ def decompose_conv(conv: nn.Conv2d, scheme: str, rank: RankSpec) -> tuple[nn.Mod
         if bias is not None:
             mod[1].bias.copy_(bias)
     else:
-        root = (s * _mask(s, ranks)).sqrt()          # [n, p]; zero beyond each filter's rank
+        # every filter fills all r paths (the official network_decouple does): a path exists for the filter
+        # with the largest rank anyway, so the extra singular values cost nothing and only reduce the error
+        root = s[:, :r].sqrt()                       # [n, r]
         for j, path in enumerate(mod.paths):
             path[0].weight.copy_((u[:, :, j] * root[:, j:j + 1]).reshape(n, c, 1, 1))
             path[1].weight.copy_((vh[:, j, :] * root[:, j:j + 1]).reshape(n, 1, kh, kw))
