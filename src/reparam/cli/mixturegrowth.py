@@ -36,6 +36,9 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--n-templates", type=positive_int, default=2, help="templates per set (default 2)")
     p.add_argument("--share-templates", action="store_true",
                    help="paper's cross-layer sharing: pairs of same-shape layers share templates")
+    p.add_argument("--template-init", choices=("per-template", "stacked"), default="per-template",
+                   help="template initialisation: per-template kaiming (default) or the official code's "
+                        "kaiming over the stacked [T, out, in, k, k] tensor (sqrt(out) times smaller)")
     p.add_argument("--train-end-coefs", action="store_true",
                    help="train the stem/classifier coefficients (official code); the paper keeps them fixed")
     p.add_argument("--lr", type=positive_float, default=0.1, help="LR of networks 1, 2 and scratch baselines")
@@ -97,7 +100,8 @@ def _settings(args: argparse.Namespace):
     return GrowSettings(model=args.model, full_epochs=args.full_epochs, budget=args.budget, fraction=args.fraction,
                         layout=args.layout, coef_init=args.coef_init, coef_scale=args.coef_scale,
                         copy_noise=args.copy_noise, n_templates=args.n_templates,
-                        share_templates=args.share_templates, train_end_coefs=args.train_end_coefs, lr=args.lr,
+                        share_templates=args.share_templates, train_end_coefs=args.train_end_coefs,
+                        template_init=args.template_init, lr=args.lr,
                         grown_lr=args.grown_lr, grown_schedule=args.grown_schedule, grown_warmup=args.grown_warmup,
                         reset_optimizer=not args.keep_momentum, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, augment=augment, seed=getattr(args, "seed", 0),
@@ -140,7 +144,8 @@ def run_grow(args: argparse.Namespace) -> int:
     splits = _load(args, args.seed)
     r_small, r_big = macs(s, splits)
     if args.method == "mixturegrowth":
-        solve_budget(s.budget, s.fraction, r_small / r_big, s.full_epochs)   # bad budgets fail here
+        solve_budget(s.budget, s.fraction, r_small / r_big, s.full_epochs, n_train=len(splits.train),
+                     batch_size=s.batch_size)   # bad budgets fail here
     t0 = time.perf_counter()
     with output_dir(args.out, overwrite=args.overwrite, resume=False) as work:
         net1 = None

@@ -42,6 +42,9 @@ class TrainConfig:
     # found in the first step and assumed fixed (true of every method here), at no per-step cost. True: a
     # graph search every step, for models whose forward passes use different parameters from step to step.
     find_unused_parameters: bool = False
+    # Stop after this many optimizer steps (the last epoch is then partial): budgets finer than an epoch,
+    # e.g. MixtureGrowth's equal-FLOPs comparisons. The LR schedule spans max_steps. None: epochs * steps.
+    max_steps: int | None = None
 
     def validate(self) -> TrainConfig:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -59,6 +62,8 @@ class TrainConfig:
         if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) and self.warmup_epochs:
             raise ReparamError(f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}")
         resolve_device(self.device)
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ReparamError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.select_on not in ("val", "last"):
             raise ReparamError(f"select_on must be 'val' or 'last', got {self.select_on!r}")
         return self

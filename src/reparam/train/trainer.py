@@ -160,6 +160,9 @@ class Trainer:
         forward = self.dist.forward_model if self.dist is not None else self.model
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, len(order), cfg.batch_size):
+            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                self.stop_training = True      # a partial last epoch: the step budget is spent
+                break
             idx = order[i:i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             if self.augment is not None:
@@ -210,6 +213,8 @@ class Trainer:
             correct += batch_correct
             seen += batch_n
             progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
+        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            self.stop_training = True
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
 
     def fit(self, resume: bool = True) -> TrainResult:
@@ -225,6 +230,8 @@ class Trainer:
         cfg = self.config
         if resume:
             self._try_resume()
+        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            self.stop_training = True          # resumed after the step budget was spent
         if self.dist is not None:
             self.dist.wrap()
         for cb in self.callbacks:
