@@ -123,7 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(p)
     _add_protocol_defaults(p)
     _add_wc_args(p)
-    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn, mlp, ...)")
+    p.add_argument("--width", type=number(float, 0, 64, lo_open=True), default=None,
+                   help="model width option (cnn, mlp, ...), in (0, 64]")
     p.set_defaults(func=run_train)
 
     c = cmds.add_parser("compare", help="variants x seeds: mean, std and paired differences",
@@ -134,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated variants, e.g. plain,wc:a=0.8:b=0.5,wc-fine,wn,pp:alpha=2 "
                         "(aliases: wc-fine, wc-coarse, wc-asinh, wc-erf, wc-decay-v, wc-adam, wc-madam)")
     c.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 (default 5)")
-    c.set_defaults(func=run_compare)
+    c.set_defaults(func=run_compare, _resume_free=("seeds", "variants"))
 
     g = cmds.add_parser("grid", help="(a, b) grid search on the validation split (paper: one seed)",
                         description="Train fixed WC for every (a, b) and select the pair with the best "
@@ -144,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--b", dest="b_values", default="0.5:1.0:0.1", help="b values: start:stop:step or list")
     g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
     g.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 averaged (paper: 1)")
-    g.set_defaults(func=run_grid)
+    g.set_defaults(func=run_grid, _resume_free=("seeds", "a_values", "b_values"))
     r = cmds.add_parser("summarize", help="print the tables of a finished compare folder again",
                         description="Re-read OUT/results.json of `compare` and print its markdown tables.")
     r.add_argument("folder")
@@ -166,7 +167,8 @@ def _add_multi_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), default=0.9)
     p.add_argument("--warmup", type=nonneg_float, default=0.0)
     p.add_argument("--augment", default=PROTOCOL["augment"])
-    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn)")
+    p.add_argument("--width", type=number(float, 0, 64, lo_open=True), default=None,
+                   help="model width option (cnn), in (0, 64]")
     p.add_argument("--resize", type=number(int, 1, 1024), default=None, help="resize images to NxN (bilinear)")
     add_select_on(p)
     p.add_argument("--out", required=True)

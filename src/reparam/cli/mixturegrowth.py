@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default=[0.4, 0.6, 0.8, 1.0], help="Table 2 fractions")
     c.add_argument("--sweep-budget", type=positive_float, default=0.35, help="budget of Tables 2 and 6")
     c.add_argument("--layouts", default="vertical,horizontal", help="Table 6 layouts")
-    c.set_defaults(func=run_compare)
+    c.set_defaults(func=run_compare, _resume_free=("seeds", "first_seed", "tables", "methods", "coef_inits",
+                                                   "fractions", "layouts"))
 
 
 def _settings(args: argparse.Namespace):

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke-test size, for the tests
     add_runtime_args(p)
-    p.set_defaults(func=run, out_kind=None)   # --out/--resume are checked in run(): both name OUT
+    # --out/--resume are checked in run() (both name OUT); a resumed run may add --methods
+    p.set_defaults(func=run, out_kind=None, _resume_free=("methods",))
 
 
 def _resumable(out: Path, work: Path) -> None:

@@ -230,7 +230,10 @@ def check_resume(args: argparse.Namespace, work: Path) -> None:
     except (OSError, ValueError, RecursionError):
         raise ReparamError(f"--resume: {path} is damaged; start a new run (drop --resume)") from None
     now = settings_of(args)
-    diff = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
+    # Commands that cache finished jobs one by one (compare, grid, reproduce) may add jobs on resume: the
+    # options that only choose which jobs run are named in the parser's `_resume_free`.
+    free = set(getattr(args, "_resume_free", ()))
+    diff = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k) and k not in free]
     if not diff:
         return
     if not getattr(args, "force", False):
