@@ -189,10 +189,12 @@ def precheck(args: argparse.Namespace) -> None:
     resume = getattr(args, "resume", None)
     if force and not resume:
         raise ReparamError("--force only applies with --resume (continue with the stored settings)")
+    # Under torchrun only process 0 owns OUT.partial (the others may run on machines without it)
+    owner = os.environ.get("RANK", "0") == "0"
     if getattr(args, "out", None) is not None and getattr(args, "out_kind", "folder") is not None:
         check_output(args.out, kind=getattr(args, "out_kind", "folder"), overwrite=bool(getattr(args, "overwrite",
-                     False)), resume=resume is True)
-        if resume is True:
+                     False)), resume=resume is True and owner)
+        if resume is True:   # a process that cannot see the settings file skips (check_resume returns)
             check_resume(args, Path(str(args.out) + ".partial"))
     if getattr(args, "output", None) is not None:
         check_output(args.output, option="-o/--output", kind="file", overwrite=bool(getattr(args, "overwrite",
