@@ -105,6 +105,25 @@ def test_latency_plan_keeps_a_layer_whose_split_is_slower():
     assert all(r.decision == "split" and r.ms_after["b2/nchw"] > r.ms_before["b2/nchw"] for r in rows_t)
 
 
+def test_latency_plan_is_made_for_the_layout_the_planned_model_is_fastest_in():
+    def layout_seconds(options, batch, in_hw, *, layout="nchw", **_):
+        # NCHW: whole layers as the cost model, splits 4x slower (slower than the layer); channels_last: all
+        # 1.5x slower, so the whole layers are faster in NCHW but the planned (split) model in channels_last
+        t = model_seconds(options, batch, in_hw)
+        if layout == "nchw":
+            return [x * (1 if len(o[0]) == 1 else 4) for x, o in zip(t, options)]
+        return [1.5 * x for x in t]
+
+    net, _ = _lowrank_net(rank=5)
+    args = dict(input_shape=(1, 8, 8), plan="latency", batches=(1, 4), table=CostTable(False, measure=layout_seconds))
+    ranks, rows = make_plan(net, trp.layers(net), "channel", "value:0.05", layouts=("nchw", "channels_last"), **args)
+    assert ranks == {"2": 8, "4": 8} and all(r.layout == "channels_last" and "(channels_last)" in r.reason
+                                             for r in rows)
+    assert all(r.ms_after["b4/nchw"] > r.ms_before["b4/nchw"] for r in rows)     # slower where it does not run
+    ranks, rows = make_plan(net, trp.layers(net), "channel", "value:0.05", layouts=("nchw",), **args)
+    assert ranks == {"2": None, "4": None} and all(r.layout == "nchw" and r.decision == "keep" for r in rows)
+
+
 def test_stem_is_not_split_when_it_gains_nothing():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
@@ -287,7 +306,7 @@ def test_cli_latency_plan_default(tmp_path, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["--latency-batches", ""], "--plan latency needs a deployment batch size"),
     (["--runtimes", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
-    (["--latency-budget", "-1"], "--latency-budget -1.0 is not allowed"),
+    (["--latency-budget", "-1"], "--latency-budget: -1 is not allowed"),
 ])
 def test_cli_plan_options_bad_input(tmp_path, capsys, args, msg):
     out = tmp_path / "bad"

@@ -7,8 +7,10 @@ and each split adds a kernel call).
 Latency plan: for each target layer, time the original conv and its decomposition at the rule's rank and at
 that rank rounded up to fast sizes (multiples of 4, 8, 16: vector widths and blocked memory formats), at each
 deployment batch size and the deployment input size, in every memory layout the model may run in, from a
-per-machine cost table (`reparam.trp.latency.CostTable`). The layer is split at the fastest of these ranks
-when that takes at most (1 - margin) of the layer's time at every batch and layout, else kept whole. Rounding
+per-machine cost table (`reparam.trp.latency.CostTable`). The model runs in one layout, so the plan is made
+for one: the layout whose planned model is fastest (the target layers' planned times added up). The layer is
+split at the fastest of these ranks when that takes at most (1 - margin) of the layer's time at every batch in
+that layout, else kept whole. Rounding
 a rank up keeps more singular values, so a TRP-trained layer (exactly low-rank after its last projection)
 computes the same function.
 
@@ -73,6 +75,7 @@ class PlanRow:
     ms_after: dict[str, float] = field(default_factory=dict)    # what replaces it (itself when kept)
     decision: str = "keep"          # "split" or "keep"
     reason: str = ""
+    layout: str = ""                # the deployment layout the latency plan decided for
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,8 +111,9 @@ def make_plan(model: nn.Module, targets: list[tuple[str, nn.Module]], scheme: st
 
     input_shape: (C, H, W) at deployment; batches: deployment batch sizes; layouts: the memory layouts the
     model may run in; table: the cost table (needed for plan='latency'; with plan='flops' it only fills the
-    time columns). A latency split must take at most (1 - margin) of the layer's time at every batch in every
-    layout. rule: a rank rule, an int or {layer: rank}."""
+    time columns). A latency split must take at most (1 - margin) of the layer's time at every batch in the
+    deployment layout (the one of `layouts` the planned model is fastest in; PlanRow.layout).
+    rule: a rank rule, an int or {layer: rank}."""
     scheme = canonical_scheme(scheme)
     check_plan(plan)
     if plan == "latency" and (table is None or not batches):
@@ -123,6 +127,7 @@ def make_plan(model: nn.Module, targets: list[tuple[str, nn.Module]], scheme: st
     shapes = conv_shapes(model, input_shape)
     ranks: dict[str, int | None] = {}
     rows = []
+    pending = []           # timed layers of the latency plan, decided once the deployment layout is chosen
     for name, layer in targets:
         spec = rule[name] if isinstance(rule, dict) else rule
         mr = max_rank(layer.weight.shape, scheme)
@@ -148,25 +153,59 @@ def make_plan(model: nn.Module, targets: list[tuple[str, nn.Module]], scheme: st
                 _fill(row, _times(layer, scheme, [r0], cases, table, io["in_hw"]), 1)
             continue
         cands = fast_ranks(r0, mr)
-        times = _times(layer, scheme, cands, cases, table, io["in_hw"])
-        frac = {r: [times[c][i + 1] / times[c][0] for c in cases] for i, r in enumerate(cands)}
-        ok = [r for r in cands if max(frac[r]) <= 1 - margin]
-        if ok:
-            best = min(ok, key=lambda r: (sum(frac[r]) / len(cases), r))
-            ranks[name], row.rank, row.decision = best, best, "split"
-            row.macs_after = _layer_macs(layer, scheme, best, io["in_hw"], io["out_hw"])
-            row.reason = (f"{len(cases) / sum(frac[best]):.2f}x faster"
-                          + (f" (rank {r0} rounded up to {best})" if best != r0 else ""))
-            _fill(row, times, cands.index(best) + 1)
-        else:
-            ranks[name] = None
-            row.rank, row.macs_after = mr, before
-            r_best = min(cands, key=lambda r: max(frac[r]))
-            (b, lay), worst = max(zip(cases, frac[r_best]), key=lambda cw: cw[1])
-            row.reason = (f"not {margin:.0%} faster: the best split (rank {r_best}) takes {worst:.2f}x the "
-                          f"layer's time at batch {b} ({lay})")
-            _fill(row, times, 0)
+        ranks[name] = None                   # decided below; inserted now to keep the targets' order
+        pending.append((name, layer, row, cands, _times(layer, scheme, cands, cases, table, io["in_hw"]), io))
+    if pending:
+        layout = _deployment_layout(pending, batches, layouts, margin)
+        for name, layer, row, cands, times, io in pending:
+            _decide(name, layer, row, cands, times, io, scheme, batches, layout, margin, ranks)
+            row.layout = layout
     return ranks, rows
+
+
+def _choose(cands: list[int], times, batches, layout: str, margin: float
+            ) -> tuple[int | None, dict[int, list[float]]]:
+    """The fastest candidate rank that takes at most (1 - margin) of the layer's time at every batch in
+    `layout` (None: keep whole), and each candidate's time fractions there."""
+    frac = {r: [times[(b, layout)][i + 1] / times[(b, layout)][0] for b in batches] for i, r in enumerate(cands)}
+    ok = [r for r in cands if max(frac[r]) <= 1 - margin]
+    return (min(ok, key=lambda r: (sum(frac[r]) / len(batches), r)) if ok else None), frac
+
+
+def _deployment_layout(pending, batches, layouts, margin: float) -> str:
+    """The layout the planned model runs fastest in. A model runs in one layout, so a split only has to pay
+    off there (oneDNN's blocked channels_last kernels and NCHW kernels favour different channel counts: a
+    split can be 3x faster in one and slower in the other). Per layout: plan each layer for it, add up the
+    planned layers' times per batch, score each batch relative to the best layout, and take the lowest sum."""
+    total = {}
+    for lay in layouts:
+        for b in batches:
+            t = 0.0
+            for _, _, _, cands, times, _ in pending:
+                best, _ = _choose(cands, times, batches, lay, margin)
+                t += times[(b, lay)][0 if best is None else cands.index(best) + 1]
+            total[(b, lay)] = t
+    score = {lay: sum(total[(b, lay)] / min(total[(b, x)] for x in layouts) for b in batches) for lay in layouts}
+    return min(layouts, key=lambda lay: (score[lay], layouts.index(lay)))
+
+
+def _decide(name, layer, row: PlanRow, cands, times, io, scheme, batches, layout, margin, ranks) -> None:
+    best, frac = _choose(cands, times, batches, layout, margin)
+    mr, r0 = row.max_rank, row.rule_rank
+    if best is not None:
+        ranks[name], row.rank, row.decision = best, best, "split"
+        row.macs_after = _layer_macs(layer, scheme, best, io["in_hw"], io["out_hw"])
+        row.reason = (f"{len(batches) / sum(frac[best]):.2f}x faster ({layout})"
+                      + (f" (rank {r0} rounded up to {best})" if best != r0 else ""))
+        _fill(row, times, cands.index(best) + 1)
+    else:
+        ranks[name] = None
+        row.rank, row.macs_after = mr, row.macs_before
+        r_best = min(cands, key=lambda r: max(frac[r]))
+        b, worst = max(zip(batches, frac[r_best]), key=lambda bw: bw[1])
+        row.reason = (f"not {margin:.0%} faster: the best split (rank {r_best}) takes {worst:.2f}x the "
+                      f"layer's time at batch {b} ({layout})")
+        _fill(row, times, 0)
 
 
 def _times(layer: nn.Conv2d, scheme: str, cands: list[int], cases, table: CostTable, in_hw

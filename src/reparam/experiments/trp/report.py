@@ -105,12 +105,13 @@ def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec,
         if latency_budget is not None:
             accept, _ = _accuracy_keeper(model, targets, scheme, only_stride1, splits.val)
             b0 = batches[0]
+            layout = next((r.layout for r in rows if r.layout), layouts[0])   # the one the plan was made for
             current = _split_with(model, targets, scheme, ranks, only_stride1)[0]
-            fn, _ = prepare(current, "channels_last" if layouts[0] == "channels_last" else "eager",
+            fn, _ = prepare(current, "channels_last" if layout == "channels_last" else "eager",
                             torch.rand((b0, *dep_shape)))
             model_ms = 1e3 * medians(time_interleaved([fn], rounds=3, reps=1), table.clock)[0]
             ranks, log = tighten(model, targets, scheme, ranks, rows, accept=accept, input_shape=dep_shape,
-                                 batch=b0, layout=layouts[0], table=table, budget_ms=float(latency_budget),
+                                 batch=b0, layout=layout, table=table, budget_ms=float(latency_budget),
                                  model_ms=model_ms)
             extra = {"latency_budget_ms": float(latency_budget), "budget_model_ms": model_ms, "budget_trials": log}
         return json.dumps({"ranks": ranks, "rows": [r.to_dict() for r in rows], "extra": extra})
@@ -130,6 +131,7 @@ def decompose_and_measure(model: nn.Module, splits, scheme: str, rank: RankSpec,
     small.eval()
     m["plan_table"] = [r.to_dict() for r in rows]
     m["plan_layouts"] = list(layouts) if timed else []
+    m["plan_layout"] = next((r.layout for r in rows if r.layout), None)   # latency plan: the layout it chose
     if timed:
         m["cost_table"] = {"path": str(table.path) if table.path else None, "measured_now": table.measured,
                            "clock": table.clock}
