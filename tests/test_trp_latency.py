@@ -307,6 +307,7 @@ def test_cli_latency_plan_default(tmp_path, capsys):
     (["--latency-batches", ""], "--plan latency needs a deployment batch size"),
     (["--runtimes", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
     (["--latency-budget", "-1"], "--latency-budget: -1 is not allowed"),
+    (["--cost-table", "."], "--cost-table . is a folder"),
 ])
 def test_cli_plan_options_bad_input(tmp_path, capsys, args, msg):
     out = tmp_path / "bad"

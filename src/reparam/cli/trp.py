@@ -226,7 +226,7 @@ def _print_summary(m: dict[str, Any], out: str) -> None:
 
 
 def print_plan_table(rows: list[dict[str, Any]]) -> None:
-    """The per-layer plan: rank, MACs, measured time before/after (fastest layout per batch), decision."""
+    """The per-layer plan: rank, MACs, measured time before/after (in the plan's layout), decision."""
     from rich.console import Console
     from rich.table import Table
 
@@ -239,7 +239,9 @@ def print_plan_table(rows: list[dict[str, Any]]) -> None:
         keys = [k for k in r["ms_before"] if k.split("/")[0] == b]
         if not keys:
             return "-"
-        k = min(keys, key=lambda k: r["ms_before"][k])   # the layout the layer is fastest in
+        # the layout the plan was made for (the latency plan), else the one the layer is fastest in
+        k = next((k for k in keys if k.endswith("/" + r.get("layout", "-"))), None) or \
+            min(keys, key=lambda k: r["ms_before"][k])
         return f"{r['ms_before'][k]:.3f} / {r['ms_after'][k]:.3f}"
 
     for r in rows:
