@@ -60,6 +60,9 @@ def register(subparsers) -> None:
     s.add_argument("--model-options", default="{}")
     s.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
     s.add_argument("--chunk", type=positive_int, default=64)
+    s.add_argument("--basis", default="iid", choices=["iid", "fastfood"],
+                   help="PRANC basis: iid (paper) or fastfood (structured); 'iid,fastfood' is not a value: run "
+                        "`reparam pranc compare-bases` for the paired study")
     s.set_defaults(func=cmd_sweep)
 
     a = sub.add_parser("ablate", help="wrong seed, top-|alpha| vs random subsets, fp16, distribution, "
@@ -74,6 +77,7 @@ def register(subparsers) -> None:
     a.add_argument("--lr", type=float, default=1e-2)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--seeds", type=positive_int, default=1)
+    a.add_argument("--basis", default="iid", choices=["iid", "fastfood"], help="basis of the distribution ablation")
     a.add_argument("--out", required=True)
     a.add_argument("--overwrite", action="store_true")
     add_runtime_args(a)
@@ -84,7 +88,11 @@ def _add_pranc_args(p: argparse.ArgumentParser) -> None:
     from reparam.cli.common import positive_int
 
     p.add_argument("--k", type=int, required=True, help="number of coefficients")
-    p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
+    p.add_argument("--basis", default="iid", choices=["iid", "fastfood"],
+                   help="iid: every basis entry independent (paper); fastfood: structured S H G Pi H B basis, "
+                        "O(d log d) per step whatever k is")
+    p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"],
+                   help="i.i.d. basis: keep it in memory or regenerate it every step (no effect on fastfood)")
     p.add_argument("--chunk", type=positive_int, default=64, help="basis rows per chunk (streamed mode)")
     p.add_argument("--basis-seed", type=int, default=None, help="basis seed (default: --seed)")
     p.add_argument("--distribution", default="default-init", choices=["default-init", "gaussian"])
@@ -120,7 +128,8 @@ def pranc_config_from_args(args) -> Any:
     if args.k <= 0:
         raise ReparamError(f"--k {args.k} is not allowed; k must be a positive integer")
     return PrancConfig(k=args.k, seed=args.seed if args.basis_seed is None else args.basis_seed,
-                       distribution=args.distribution, sigma=args.sigma, budgets=_budgets(args.budgets),
+                       basis=args.basis, distribution=args.distribution, sigma=args.sigma,
+                       budgets=_budgets(args.budgets),
                        mode=args.mode, chunk=args.chunk, init=args.init).validate()
 
 
@@ -156,7 +165,7 @@ def cmd_train(args) -> int:
             extra["test_acc"] = extra["test_acc_from_file"]
         return extra
 
-    extra = {"k": core.k, "d": core.d, "mode": pconfig.mode, "chunk": pconfig.chunk,
+    extra = {"k": core.k, "d": core.d, "basis": pconfig.basis, "mode": pconfig.mode, "chunk": pconfig.chunk,
              "basis_seed": pconfig.seed, "distribution": pconfig.distribution,
              "layout": "global" if pconfig.budgets is None else "per-layer", "coef_dtype": args.coef_dtype,
              "params_total": c["dense_params"], "dense_params": c["dense_params"],
@@ -192,6 +201,7 @@ def cmd_eval(args) -> int:
     acc = accuracy(model, splits.test)
     if args.json:
         print(json.dumps({"test_acc": acc, "file": args.file, "dataset": args.data, "k": header["counts"]["k"],
+                          "basis": header.get("basis", "iid"),
                           "basis_seed": header["seed"] if args.basis_seed is None else args.basis_seed}))
     else:
         print(f"test accuracy {acc:.4f} ({len(splits.test)} examples of {args.data})")
@@ -272,7 +282,8 @@ def cmd_sweep(args) -> int:
             dense, r = ex.run_dense(spec, splits, td)
             add(r, seed=s)
             for k in args.k:
-                _, r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk))
+                _, r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk,
+                                                                   basis=args.basis))
                 add(r, seed=s, counts=None)
                 if "hashednet" in baselines:
                     add(ex.run_hashednet(spec, splits, tp, k)[1], seed=s)
@@ -344,9 +355,10 @@ def cmd_ablate(args) -> int:
         elif args.what == "distribution":
             splits = load_splits(args)
             spec = model_spec(args.model, splits, **_model_options(args.model_options))
-            variants = {"default-init": PrancConfig(k=args.k), "gaussian fan-in matched":
-                        PrancConfig(k=args.k, distribution="gaussian"),
-                        "gaussian sigma=0.001 (code otf)": PrancConfig(k=args.k, distribution="gaussian",
+            b = args.basis
+            variants = {"default-init": PrancConfig(k=args.k, basis=b), "gaussian fan-in matched":
+                        PrancConfig(k=args.k, basis=b, distribution="gaussian"),
+                        "gaussian sigma=0.001 (code otf)": PrancConfig(k=args.k, basis=b, distribution="gaussian",
                                                                        sigma=0.001)}
             rows = []
             for s in range(args.seed, args.seed + args.seeds):

@@ -4,7 +4,8 @@ A reparam safetensors file (kind "pranc", CRC32-checked, never unpickled) with t
     alpha             the k coefficients (all blocks concatenated), float32 or float16
     state.<name>      every non-basis state_dict entry (BatchNorm affine + running stats, ...)
 and a header (JSON) with
-    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, seed, distribution,
+    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, basis ("iid" |
+    "fastfood"; absent in files written before it existed = "iid"), seed, distribution,
     sigma, mode, chunk, init, layout ("global" | "per-layer"), blocks [{index, name, k, d, alpha_offset}],
     segments [{module, tensor, shape, block, offset, scale}], canon_rows, coef_dtype,
     architecture (reparam.models.model_spec dict, or null when the caller supplies the model),
@@ -28,10 +29,14 @@ from reparam.core.errors import ReparamError
 from reparam.core.fileformat import check_state_matches, load_tensors, read_header, save_tensors
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import CANON_ROWS, PrancCoefficients, apply_pranc, fold_pranc, pranc_core
+from reparam.pranc.fastfood import FASTFOOD_NAME, FASTFOOD_VERSION
 from reparam.pranc.layout import Segment
 
 KIND = "pranc"
 PRANC_VERSION = 1
+# (generator name, version) -> the basis it generates; a file without a "basis" field is i.i.d.
+GENERATORS = {(generator.GENERATOR_NAME, generator.GENERATOR_VERSION): "iid",
+              (FASTFOOD_NAME, FASTFOOD_VERSION): "fastfood"}
 COEF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "fp32": torch.float32,
                "fp16": torch.float16}
 
@@ -138,7 +143,7 @@ def save_prnc(path: str | Path, model: nn.Module, *, architecture: dict[str, Any
     cfg = core.config
     header = {
         "pranc_version": PRANC_VERSION, "content": content,
-        "generator": {"name": generator.GENERATOR_NAME, "version": generator.GENERATOR_VERSION},
+        **core.basis.header(), "basis": cfg.basis,
         "seed": int(cfg.seed), "distribution": cfg.distribution, "sigma": cfg.sigma, "mode": core.mode,
         "chunk": cfg.chunk, "init": cfg.init, "include_bias": cfg.include_bias,
         "other_params": cfg.other_params, "exclude_state": list(cfg.exclude_state),
@@ -172,10 +177,14 @@ def _check_header(path, header: dict[str, Any]) -> None:
         raise ReparamError(f"{path}: PRANC file version {header.get('pranc_version')!r} is not supported "
                            f"(this reparam reads version {PRANC_VERSION})")
     gen = header.get("generator") or {}
-    if gen.get("name") != generator.GENERATOR_NAME or gen.get("version") != generator.GENERATOR_VERSION:
+    basis = GENERATORS.get((gen.get("name"), gen.get("version")))
+    if basis is None:
+        have = ", ".join(f"{n!r} version {v}" for n, v in GENERATORS)
         raise ReparamError(f"{path}: basis generator {gen.get('name')!r} version {gen.get('version')!r} is not "
-                           f"supported (this reparam has {generator.GENERATOR_NAME!r} version "
-                           f"{generator.GENERATOR_VERSION})")
+                           f"supported (this reparam has {have})")
+    if header.get("basis", "iid") != basis:
+        raise ReparamError(f"{path}: basis {header.get('basis')!r} does not match generator {gen.get('name')!r} "
+                           f"(which generates the {basis!r} basis)")
     if header.get("canon_rows") != CANON_ROWS:
         raise ReparamError(f"{path}: canonical row group {header.get('canon_rows')!r} != {CANON_ROWS}")
 
@@ -184,7 +193,8 @@ def config_from_header(header: dict[str, Any]) -> PrancConfig:
     blocks = header["blocks"]
     budgets = None if header["layout"] == "global" else {b["name"]: b["k"] for b in blocks}
     return PrancConfig(k=sum(b["k"] for b in blocks), seed=int(header["seed"]),
-                       distribution=header["distribution"], sigma=header["sigma"], budgets=budgets,
+                       basis=header.get("basis", "iid"), distribution=header["distribution"],
+                       sigma=header["sigma"], budgets=budgets,
                        mode="streamed", chunk=int(header["chunk"]), init=header.get("init", "e0"),
                        include_bias=header.get("include_bias", True),
                        other_params=header.get("other_params", "train"),
@@ -289,6 +299,7 @@ def inspect_prnc(path: str | Path) -> dict[str, Any]:
     info = {
         "file": str(path), "file_bytes": size, "content": header.get("content"),
         "generator": f"{header['generator']['name']} v{header['generator']['version']}",
+        "basis": header.get("basis", "iid"),
         "seed": header["seed"], "distribution": header["distribution"], "sigma": header.get("sigma"),
         "layout": header["layout"], "blocks": len(header["blocks"]), "mode": header["mode"],
         "coef_dtype": header["coef_dtype"],
