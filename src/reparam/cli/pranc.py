@@ -61,9 +61,21 @@ def register(subparsers) -> None:
     s.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
     s.add_argument("--chunk", type=positive_int, default=64)
     s.add_argument("--basis", default="iid", choices=["iid", "fastfood"],
-                   help="PRANC basis: iid (paper) or fastfood (structured); 'iid,fastfood' is not a value: run "
-                        "`reparam pranc compare-bases` for the paired study")
+                   help="PRANC basis: iid (paper) or fastfood (structured); `reparam pranc compare-bases` runs "
+                        "both, paired")
     s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare-bases", help="i.i.d. vs Fastfood basis at equal k, paired by seed, with statistics")
+    add_train_args(c, model="mlp", data="digits", epochs=30, lr=1e-2, optimizer="adam", weight_decay=0.0,
+                   batch_size=64)
+    c.add_argument("--k", type=int_list, default=[100, 500, 2000], help="comma-separated k values")
+    c.add_argument("--seeds", type=positive_int, default=3, help="seeds seed..seed+N-1 (each pairs the two bases)")
+    c.add_argument("--model-options", default="{}")
+    c.add_argument("--mode", default="materialized", choices=["materialized", "streamed"],
+                   help="the i.i.d. basis's mode")
+    c.add_argument("--chunk", type=positive_int, default=64)
+    c.add_argument("--dense", action="store_true", help="also train the dense model per seed")
+    c.set_defaults(func=cmd_compare_bases)
 
     a = sub.add_parser("ablate", help="wrong seed, top-|alpha| vs random subsets, fp16, distribution, "
                                       "orthogonality")
@@ -308,6 +320,36 @@ def cmd_sweep(args) -> int:
             table.append((f"{method} k={p.get('k', '-')}", f"{p['acc_mean']:.4f} +- {p['acc_std']:.4f} "
                                                          f"(stored {p['stored']})"))
     print_table(f"PRANC sweep: {args.model} on {args.data}, {args.seeds} seed(s)", table)
+    return 0
+
+
+def cmd_compare_bases(args) -> int:
+    from reparam.cli.common import load_splits, print_table, setup_runtime
+    from reparam.core.outdir import output_dir, write_json
+    from reparam.experiments.pranc import runs as ex
+    from reparam.models import model_spec
+
+    setup_runtime(args)
+    if not args.k or any(k <= 0 for k in args.k):
+        raise ReparamError(f"--k values must be positive integers, got {args.k}")
+    splits = load_splits(args)
+    spec = model_spec(args.model, splits, **_model_options(args.model_options))
+    with output_dir(args.out, overwrite=args.overwrite) as work:
+        def save(rows, summary=None):
+            write_json(work / "results.json", {"rows": rows, "summary": summary, "args": _jsonable_args(args)})
+
+        rows = ex.compare_bases(spec, splits, args.k, range(args.seed, args.seed + args.seeds), args.epochs,
+                                args.lr, args.batch_size, mode=args.mode, chunk=args.chunk, dense=args.dense,
+                                progress=lambda rows: save(rows))
+        summary = ex.summarize_bases(rows)
+        save(rows, summary)
+    table = []
+    for s in summary:
+        p = "n/a" if s["p"] is None else f"{s['p']:.3f}"
+        table.append((f"k={s['k']}", f"iid {100 * s['iid_mean']:.2f}%  fastfood {100 * s['fastfood_mean']:.2f}%  "
+                                     f"fastfood - iid {100 * s['mean']:+.2f} +- {100 * s['std']:.2f} pp "
+                                     f"(p = {p}, fastfood ahead {s['wins']}/{s['n']})"))
+    print_table(f"PRANC bases: {args.model} on {args.data}, {args.seeds} seed(s)", table)
     return 0
 
 

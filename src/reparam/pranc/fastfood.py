@@ -135,7 +135,7 @@ class FastfoodBasis(Basis):
             lanes = generator.lanes(seed, sid, 0, 2, 0, n, device)
             signs = torch.where(lanes[0] >= 0, 1.0, -1.0).to(torch.float32)
             gauss = generator.gaussian_table_tensor(device)[lanes[1].to(torch.int64) + 32768]
-            perm = torch.argsort(generator.hashes(seed, sid, 2, 0, n, device))
+            perm = torch.sort(generator.hashes(seed, sid, 2, 0, n, device)).indices   # keys are distinct
             self._diag[key] = (signs, perm, gauss)
         return self._diag[key]
 
