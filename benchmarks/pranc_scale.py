@@ -78,22 +78,27 @@ def cmd_rate(args) -> list[dict]:
         scale = torch.full((cols,), 0.05)
         factor = generator.uniform_factor(scale)
         times = {"generator": [], "torch.rand": []}
+        cpu = {"generator": [], "torch.rand": []}
         for r in range(args.rounds + 1):
             order = ("generator", "torch.rand") if r % 2 else ("torch.rand", "generator")
             for name in order:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 if name == "generator":
                     generator.fill_block(buf, 0, 0, 0, rows, 0, cols, "uniform", scale, factor=factor)
                 else:
                     torch.rand(rows, cols, out=buf)
                 if r:
                     times[name].append(time.perf_counter() - t)
+                    cpu[name].append(time.process_time() - c)
         ratios = [a / b for a, b in zip(times["torch.rand"], times["generator"])]
         n = rows * cols
         out.append({"bench": "rate", "shape": [rows, cols],
                     "generator_M_per_s": n / statistics.median(times["generator"]) / 1e6,
                     "rand_M_per_s": n / statistics.median(times["torch.rand"]) / 1e6,
-                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios)})
+                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
+                    "cpu_generator_M_per_s": n / statistics.median(cpu["generator"]) / 1e6,
+                    "cpu_rand_M_per_s": n / statistics.median(cpu["torch.rand"]) / 1e6,
+                    "kernel": generator.genkernel.kernel() is not None})
     return out
 
 
@@ -109,18 +114,22 @@ def cmd_step(args) -> list[dict]:
     for k in kinds:          # warm-up (first-use setup: Fastfood diagonals, allocator)
         variants[k](x, y)
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}      # this process's CPU time (the machine is shared)
     for r in range(args.rounds):
         for k in (kinds if r % 2 == 0 else kinds[::-1]):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             variants[k](x, y)
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
     base = kinds[0]
     out = []
     for k in kinds:
         ratios = [a / b for a, b in zip(times[k], times[base])]
+        cratios = [a / b for a, b in zip(cpu[k], cpu[base])]
         out.append({"bench": "step", "model": args.model, "batch": args.batch, "kind": k,
                     "s_per_step": statistics.median(times[k]), "ratio_to": base,
-                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios), "rounds": args.rounds})
+                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios), "rounds": args.rounds,
+                    "cpu_s_per_step": statistics.median(cpu[k]), "cpu_ratio_median": statistics.median(cratios)})
     return out
 
 

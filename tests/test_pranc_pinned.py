@@ -55,3 +55,28 @@ def test_old_file_decodes_to_the_same_bits():
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(x), dense.eval()(x))
+
+
+@pytest.mark.parametrize("dist", ["uniform", "gaussian"])
+def test_compiled_kernel_and_torch_code_give_the_same_bits(dist, monkeypatch):
+    """The optional C kernel (reparam.core.genkernel) and the torch code path produce identical entries."""
+    import random
+
+    from reparam.core import genkernel
+
+    if genkernel.kernel() is None:
+        pytest.skip("no C compiler: only the torch path exists here")
+    rng = random.Random(3)
+    for _ in range(12):
+        seed, block = rng.randrange(2**40), rng.randrange(5)
+        r0, c0 = rng.randrange(100), rng.randrange(300)
+        r1, c1 = r0 + rng.randrange(1, 40), c0 + rng.randrange(1, 700)
+        scale = torch.rand(c1 - c0, generator=torch.Generator().manual_seed(r0)) * 0.3 + 0.01
+        fast = gen.fill_block(torch.empty(r1 - r0, c1 - c0), seed, block, r0, r1, c0, c1, dist, scale)
+        monkeypatch.setenv("REPARAM_KERNEL", "0")
+        slow = gen.fill_block(torch.empty(r1 - r0, c1 - c0), seed, block, r0, r1, c0, c1, dist, scale)
+        monkeypatch.delenv("REPARAM_KERNEL")
+        assert torch.equal(fast, slow)
+        assert torch.equal(fast, gen.unit_block(seed, block, r0, r1, c0, c1, dist) * scale)
+        assert torch.equal(fast[:, :1], torch.tensor([[gen.reference_unit(seed, block, r, c0, dist)
+                                                      for r in range(r0, r1)]]).T * scale[:1])

@@ -30,6 +30,8 @@ from statistics import NormalDist
 
 import torch
 
+from reparam.core import genkernel
+
 GENERATOR_NAME = "reparam-splitmix64"
 GENERATOR_VERSION = 1
 DISTRIBUTIONS = ("uniform", "gaussian")
@@ -188,10 +190,11 @@ scratch = _Scratch()
 
 def fill_block(out: torch.Tensor, seed: int, block: int, row_start: int, row_end: int, col_start: int,
                col_end: int, distribution: str = "uniform", scale: torch.Tensor | None = None,
-               factor: torch.Tensor | None = None) -> torch.Tensor:
+               factor: torch.Tensor | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
     """Write the float32 entries of a rectangle into `out` [rows, cols] (any row stride, unit column stride):
     the unit values, or float32(unit * scale[col]) with one IEEE multiply when `scale` [cols] is given.
-    `factor` = uniform_factor(scale), when the caller keeps it (uniform only; saves a pass per call).
+    `factor` = uniform_factor(scale), when the caller keeps it (uniform only; saves a pass per call);
+    `keys` = row_keys(seed, block, row_start, row_end), likewise.
 
     The same bits as `unit_block(...) * scale`, produced tile by tile while the hashes are in cache, into
     reused scratch buffers. Uniform: unit * scale = (s + 0.5) * (scale * 2**-15), where s + 0.5 is exact
@@ -206,17 +209,19 @@ def fill_block(out: torch.Tensor, seed: int, block: int, row_start: int, row_end
     dev = out.device
     q0, q1 = col_start // 4, (col_end - 1) // 4 + 1
     lo = col_start - 4 * q0
-    keys = row_keys(seed, block, row_start, row_end, dev)
+    keys = row_keys(seed, block, row_start, row_end, dev) if keys is None else keys
+    if distribution == "uniform":
+        factor = uniform_factor(scale, dev) if factor is None else factor
+        table = None
+    else:
+        factor, table = None, gaussian_table_tensor(dev)
+    if genkernel.fill(out, keys, q0, lo, factor, table, None if factor is not None else scale):   # compiled, same bits
+        return out
     ctr = torch.arange(q0 + 1, q1 + 1, dtype=torch.int64, device=dev).mul_(_G)
     tq = min(q1 - q0, _TILE) if dev.type == "cpu" else q1 - q0
     tr = max(1, _TILE // tq) if dev.type == "cpu" else rows
     zbuf = scratch.get("z", tr * tq, torch.int64, dev)
     tbuf = scratch.get("t", tr * tq, torch.int64, dev)
-    if distribution == "uniform":
-        factor = uniform_factor(scale, dev) if factor is None else factor
-    else:
-        factor = None
-        table = gaussian_table_tensor(dev)
     for a, b, qa, qb in _tiles(rows, q1 - q0, dev):
         z = zbuf[:(b - a) * (qb - qa)].view(b - a, qb - qa)
         _hash_tile(keys[a:b], ctr[qa:qb], z, tbuf[:z.numel()].view_as(z))

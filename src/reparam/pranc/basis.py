@@ -95,10 +95,10 @@ class IIDBasis(Basis):
         self.unit_distribution = "uniform" if core.config.distribution == "default-init" else "gaussian"
         self.materialized: dict[int, torch.Tensor] = {}
         self._factor: dict[tuple[int, str], torch.Tensor] = {}
+        self._keys: dict[tuple[int, str], torch.Tensor] = {}
 
-    @property
-    def whole_block(self) -> bool:     # materialized: one gemv per block (the official algorithm)
-        return bool(self.materialized)
+    whole_block = True   # materialized: one gemv per block (the official algorithm); streamed: row chunks x
+                         # column tiles of the whole block (a tile stays in cache between generating and using it)
 
     def header(self) -> dict:
         return {"generator": {"name": generator.GENERATOR_NAME, "version": generator.GENERATOR_VERSION}}
@@ -117,8 +117,11 @@ class IIDBasis(Basis):
             if key not in self._factor:
                 self._factor[key] = generator.uniform_factor(core.scale(block), dev)
             factor = self._factor[key][c0:c1]
+        key = (block, str(dev))
+        if key not in self._keys:     # the k row keys of the block, hashed once
+            self._keys[key] = generator.row_keys(core.seed, block, 0, core.blocks[block].k, dev)
         return generator.fill_block(out, core.seed, block, r0, r1, c0, c1, self.unit_distribution,
-                                    core.scale(block)[c0:c1], factor=factor)
+                                    core.scale(block)[c0:c1], factor=factor, keys=self._keys[key][r0:r1])
 
     def rows(self, block: int, r0: int, r1: int, c0: int, c1: int, name: str = "rows") -> torch.Tensor:
         """Entries from the materialized basis, or generated into a reused buffer (valid until the next
@@ -138,7 +141,29 @@ class IIDBasis(Basis):
 
     # -- training path (fast matmuls) ---------------------------------------------------------------------
     def block_theta(self, alpha_b: torch.Tensor, block: int) -> torch.Tensor:
-        return _BlockFn.apply(alpha_b, self, block)
+        if block in self.materialized:
+            return _BlockFn.apply(alpha_b, self, block)
+        return _StreamedBlockFn.apply(alpha_b, self, block)
+
+    def tiles(self, block: int):
+        """(r0, r1, c0, c1) of the streamed block: `chunk` rows x about 2**18 / chunk columns (1 MB)."""
+        b, rows = self.core.blocks[block], self.core.config.chunk
+        cols = max(1024, (1 << 18) // rows)
+        for c0 in range(0, b.d, cols):
+            for r0 in range(0, b.k, rows):
+                yield r0, min(b.k, r0 + rows), c0, min(b.d, c0 + cols)
+
+    def streamed_theta(self, alpha_b: torch.Tensor, block: int) -> torch.Tensor:
+        out = torch.zeros(self.core.blocks[block].d, dtype=alpha_b.dtype, device=alpha_b.device)
+        for r0, r1, c0, c1 in self.tiles(block):
+            out[c0:c1].addmv_(self.rows(block, r0, r1, c0, c1).to(alpha_b.dtype).T, alpha_b[r0:r1])
+        return out
+
+    def streamed_grad(self, block: int, g: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.core.blocks[block].k, dtype=g.dtype, device=g.device)
+        for r0, r1, c0, c1 in self.tiles(block):
+            out[r0:r1].addmv_(self.rows(block, r0, r1, c0, c1).to(g.dtype), g[c0:c1])
+        return out
 
     def segment_theta(self, alpha_b: torch.Tensor, seg: Segment) -> torch.Tensor:
         return _SegmentFn.apply(alpha_b, self, seg)
@@ -203,6 +228,21 @@ class _BlockFn(torch.autograd.Function):
     def backward(ctx, g):
         with torch.no_grad():
             return ctx.basis.materialized[ctx.block].to(g.dtype) @ g.contiguous(), None, None
+
+
+class _StreamedBlockFn(torch.autograd.Function):
+    """alpha_b -> theta_b, regenerating the basis tile by tile in the forward and again in the backward."""
+
+    @staticmethod
+    def forward(ctx, alpha_b, basis: IIDBasis, block: int):
+        ctx.basis, ctx.block = basis, block
+        with torch.no_grad():
+            return basis.streamed_theta(alpha_b.detach(), block)
+
+    @staticmethod
+    def backward(ctx, g):
+        with torch.no_grad():
+            return ctx.basis.streamed_grad(ctx.block, g.contiguous()), None, None
 
 
 class _SegmentFn(torch.autograd.Function):
