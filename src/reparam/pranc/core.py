@@ -1,12 +1,14 @@
 """The PRANC parametrization: theta = sum_j alpha_j * basis_j on any nn.Module.
 
-`apply_pranc(model, config, filter_fn)` attaches a `PrancCoefficients` module as `model.pranc` (holding
-alpha as an ordinary nn.Parameter, so any optimizer and state_dict see it) and registers a
-parametrization on every basis tensor (Conv/Linear weight and bias by default). The basis itself is never
-in the state_dict: it is regenerated from the seed (streamed) or held in non-persistent buffers
-(materialized). BatchNorm and other non-basis parameters are left alone and train as usual.
+`apply_pranc(model, config, filter_fn)` keeps a `PrancCoefficients` module (alpha, an ordinary
+nn.Parameter, so any optimizer and state_dict see it) inside the first PRANC parametrization and registers
+a parametrization on every basis tensor (Conv/Linear weight and bias by default). Which matrix the basis
+is lives behind `reparam.pranc.basis.Basis` (the i.i.d. basis there, the structured Fastfood basis in
+reparam.pranc.fastfood): this module only asks it for a block's training-mode weights (`block_theta`,
+differentiable) and its exact weights (`exact`). The basis is never in the state_dict. BatchNorm and other
+non-basis parameters are left alone and train as usual.
 
-Two ways of combining alpha with the basis, one math:
+Two ways of combining alpha with the i.i.d. basis, one math:
 * training (module in train mode): fast matmuls, alpha @ B_c per chunk; gradients through a custom
   autograd Function (grad alpha_c = B_c g), regenerating chunks in streamed mode;
 * exact (module in eval mode, and every reconstruction): the *canonical* sum, made only of elementwise
@@ -14,6 +16,8 @@ Two ways of combining alpha with the basis, one math:
   groups added in order). Every element's value depends only on alpha and its own basis column, so it is
   bit-identical whatever the chunking, the column blocking, the layer-by-layer order, the thread count or
   the device. The weights a model evaluates with are therefore exactly the weights decoded from its file.
+The Fastfood basis has one path: its transform is already a fixed sequence of elementwise operations, so
+training, evaluation and decoding compute the same bits.
 """
 
 from __future__ import annotations
