@@ -13,7 +13,9 @@ step:    training steps (forward, backward, Adam) of several variants of one mod
          their steps alternating (A B C, then C B A, ...) so the machine's load hits all alike; reports
          the median s/step and the median of the per-round ratios to the first kind, with its IQR.
 rss:     peak RSS of a few steps of each kind, each in its own process (peak RSS is per process).
-rebuild: `fold` of a model from alpha (what decoding a .prnc does), each in its own process.
+rebuild: `fold` of a model from alpha (what decoding a .prnc does), each in its own process; for kinds
+         `file:fastfood:K` a .prnc is written first and the timed part is `decode_prnc(path)` (read the file,
+         build the architecture from its header, apply, fold) in a fresh process.
 apply:   `pranc.apply(model, Config(k, basis="fastfood"))` wall time and the first forward pass.
 Every JSON line printed is also written to --out.
 """
@@ -163,15 +165,25 @@ def _one(cfg: dict) -> dict:
 
     from reparam.pranc import PrancConfig, apply_pranc, fold
 
+    if cfg["kind"].startswith("file:"):
+        from reparam.pranc.fileio import decode_prnc
+
+        rss0 = peak_rss_mb()
+        t, c = time.perf_counter(), time.process_time()
+        dense, header = decode_prnc(cfg["path"])
+        return {"bench": "rebuild-file", **cfg, "rebuild_s": time.perf_counter() - t,
+                "rebuild_cpu_s": time.process_time() - c,
+                "file_bytes": Path(cfg["path"]).stat().st_size, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
     basis, k = cfg["kind"].split(":")
     model = _model(cfg["model"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         core = apply_pranc(model, PrancConfig(k=int(k), basis=basis, mode="streamed", init="l1-randn"))
     rss0 = peak_rss_mb()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fold(model)
-    return {"bench": "rebuild", **cfg, "rebuild_s": time.perf_counter() - t, "entries": int(k) * core.d,
+    return {"bench": "rebuild", **cfg, "rebuild_s": time.perf_counter() - t, "rebuild_cpu_s": time.process_time() - c,
+            "entries": int(k) * core.d,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
 
 
@@ -181,7 +193,27 @@ def cmd_rss(args) -> list[dict]:
 
 
 def cmd_rebuild(args) -> list[dict]:
-    return [_subprocess("rebuild", {"model": args.model, "kind": k}) for k in args.kinds.split(",")]
+    import tempfile
+    import warnings
+
+    from reparam.pranc import PrancConfig, apply_pranc
+    from reparam.pranc.fileio import save_prnc
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.kinds.split(","):
+            cfg = {"model": args.model, "kind": kind}
+            if kind.startswith("file:"):
+                _, basis, k = kind.split(":")
+                model = _model(args.model)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    core = apply_pranc(model, PrancConfig(k=int(k), basis=basis, init="l1-randn", mode="streamed"))
+                cfg["path"] = str(Path(tmp) / f"{basis}{k}.prnc")
+                save_prnc(cfg["path"], model, architecture=model.build_args)
+                del core, model
+            out.append(_subprocess("rebuild", cfg))
+    return out
 
 
 def cmd_apply(args) -> list[dict]:
