@@ -4,8 +4,8 @@ A reparam safetensors file (kind "pranc", CRC32-checked, never unpickled) with t
     alpha             the k coefficients (all blocks concatenated), float32 or float16
     state.<name>      every non-basis state_dict entry (BatchNorm affine + running stats, ...)
 and a header (JSON) with
-    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, basis ("iid" |
-    "fastfood"; absent in files written before it existed = "iid"), seed, distribution,
+    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, basis (only for a
+    non-default basis, e.g. "fastfood"; absent = "iid"), seed, distribution,
     sigma, mode, chunk, init, layout ("global" | "per-layer"), blocks [{index, name, k, d, alpha_offset}],
     segments [{module, tensor, shape, block, offset, scale}], canon_rows, coef_dtype,
     architecture (reparam.models.model_spec dict, or null when the caller supplies the model),
@@ -143,7 +143,9 @@ def save_prnc(path: str | Path, model: nn.Module, *, architecture: dict[str, Any
     cfg = core.config
     header = {
         "pranc_version": PRANC_VERSION, "content": content,
-        **core.basis.header(), "basis": cfg.basis,
+        **core.basis.header(),
+        # written only for a non-default basis, so that i.i.d. files stay byte-identical to earlier ones
+        **({"basis": cfg.basis} if cfg.basis != "iid" else {}),
         "seed": int(cfg.seed), "distribution": cfg.distribution, "sigma": cfg.sigma, "mode": core.mode,
         "chunk": cfg.chunk, "init": cfg.init, "include_bias": cfg.include_bias,
         "other_params": cfg.other_params, "exclude_state": list(cfg.exclude_state),
