@@ -4,8 +4,10 @@ Torch's CPU kernels emulate 64-bit multiplication lane by lane on AVX2 and make 
 operation: the SplitMix64 hash (13 int64 operations per 4 entries) plus the conversion took about 7 ns
 per entry on one thread. This C loop hashes, converts and scales in registers. It is compiled once per
 machine with the system C compiler (`cc`, no Python headers, no torch headers, loaded with ctypes) into
-a cache folder ($REPARAM_CACHE, default ~/.cache/reparam). Without a compiler, or with REPARAM_KERNEL=0,
-the generator uses its torch code; tests check that both give identical bits.
+a cache folder ($REPARAM_CACHE, default ~/.cache/reparam). Without a compiler, without a writable cache
+folder, with REPARAM_KERNEL=0, or when the built kernel fails its self-check (every code path against a
+pure-Python definition of the bits, once per process), the generator uses its torch code; tests check
+that both give identical bits and that each of those cases falls back.
 
 Exactness: only integer operations (unsigned, wrapping), the exact int16 -> float conversion and +0.5,
 and one float multiply per entry; compiled without fast-math and without floating-point contraction.
@@ -114,16 +116,59 @@ def _build() -> ctypes.CDLL | None:
     return lib
 
 
+_MASK = (1 << 64) - 1
+
+
+def _mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def _lane(key: int, q0: int, pos: int) -> int:
+    """The signed 16-bit value of entry `pos` (the definition the C loop implements)."""
+    h = _mix((key + (q0 + 1 + pos // 4) * 0x9E3779B97F4A7C15) & _MASK)
+    v = (h >> (16 * (pos % 4))) & 0xFFFF
+    return v - 65536 if v >= 32768 else v
+
+
+def _self_check(lib: ctypes.CDLL) -> bool:
+    """Every path of reparam_fill (uniform with per-column factors or one factor; Gaussian with and without
+    per-column scales; a partial first quad; a row stride) against the pure-Python definition, bit for bit.
+    A compiler that builds the kernel differently (fast-math, contraction, a miscompile) is not used."""
+    keys = torch.tensor([1, -7, 0x5DEECE66D, -(2**63)], dtype=torch.int64)
+    q0, lo, cols = 3, 3, 23
+    s = torch.tensor([[_lane(int(k) & _MASK, q0, lo + c) for c in range(cols)] for k in keys], dtype=torch.float32)
+    col = torch.linspace(0.37, 3.1, cols, dtype=torch.float32)
+    table = torch.linspace(-4.5, 4.5, 65536, dtype=torch.float32)
+    gauss = table[(s + 32768).long()]
+    cases = [(col, None, None, (s + 0.5) * col), (0.013, None, None, (s + 0.5) * torch.tensor(0.013)),
+             (None, table, col, gauss * col), (None, table, None, gauss)]
+    for factor, tab, scale, want in cases:
+        out = torch.full((len(keys), cols + 5), float("nan"))
+        f = factor if isinstance(factor, torch.Tensor) else None
+        lib.reparam_fill(out.data_ptr(), out.stride(0), keys.data_ptr(), len(keys), cols, q0, lo,
+                         f.data_ptr() if f is not None else None,
+                         float(factor) if isinstance(factor, float) else 0.0,
+                         tab.data_ptr() if tab is not None else None,
+                         scale.data_ptr() if scale is not None else None, int(tab is not None))
+        if not torch.equal(out[:, :cols], want) or not bool(out[:, cols:].isnan().all()):
+            return False
+    return True
+
+
 def kernel() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (disabled with REPARAM_KERNEL=0, or no working C compiler)."""
+    """The loaded kernel, or None (disabled with REPARAM_KERNEL=0, no working C compiler, no writable
+    cache folder, or a kernel that fails its self-check)."""
     global _lib, _tried
     if os.environ.get("REPARAM_KERNEL", "1") == "0":
         return None
     if not _tried:
         _tried = True
         try:
-            _lib = _build()
-        except (OSError, subprocess.SubprocessError):
+            lib = _build()
+            _lib = lib if _self_check(lib) else None
+        except (OSError, RuntimeError, subprocess.SubprocessError):   # RuntimeError: Path.home() without a home
             _lib = None
     return _lib
 
