@@ -137,7 +137,7 @@ def _self_check(lib: ctypes.CDLL) -> bool:
     per-column scales; a partial first quad; a row stride) against the pure-Python definition, bit for bit.
     A compiler that builds the kernel differently (fast-math, contraction, a miscompile) is not used."""
     keys = torch.tensor([1, -7, 0x5DEECE66D, -(2**63)], dtype=torch.int64)
-    q0, lo, cols = 3, 3, 23
+    q0, lo, cols = 3, 3, 261      # long enough for any unrolled or vectorized main loop and its tail
     s = torch.tensor([[_lane(int(k) & _MASK, q0, lo + c) for c in range(cols)] for k in keys], dtype=torch.float32)
     col = torch.linspace(0.37, 3.1, cols, dtype=torch.float32)
     table = torch.linspace(-4.5, 4.5, 65536, dtype=torch.float32)
