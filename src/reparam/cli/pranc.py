@@ -334,8 +334,9 @@ def cmd_sweep(args) -> int:
             dense, r = ex.run_dense(spec, splits, td)
             add(r, seed=s)
             for k in args.k:
-                _, r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk,
-                                                                   basis=args.basis))
+                # [1]: no model (and materialized basis) kept alive into the next run
+                r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk,
+                                                                basis=args.basis))[1]
                 add(r, seed=s, counts=None)
                 if "hashednet" in baselines:
                     add(ex.run_hashednet(spec, splits, tp, k)[1], seed=s)
@@ -457,7 +458,7 @@ def cmd_ablate(args) -> int:
             for s in range(args.seed, args.seed + args.seeds):
                 for name, pc in variants.items():
                     pc.seed = s
-                    _, r = ex.run_pranc(spec, splits, ex.pranc_tconfig(args.epochs, args.lr, s), pc)
+                    r = ex.run_pranc(spec, splits, ex.pranc_tconfig(args.epochs, args.lr, s), pc)[1]
                     rows.append({"variant": name, "seed": s, "test_acc": r["test_acc"]})
             result["rows"] = rows
             table = [(f"{r['variant']} seed {r['seed']}", r["test_acc"]) for r in rows]

@@ -198,8 +198,8 @@ def run(ctx: ReproduceContext) -> MethodReport:
     fast: dict[int, list[float]] = {k: [] for k in ks}
     for s in seeds:
         for k in ks:
-            _, r = ex.run_pranc(spec, splits, ex.pranc_tconfig(epochs, 1e-2, s), PrancConfig(k=k, seed=s,
-                                                                                             basis="fastfood"))
+            r = ex.run_pranc(spec, splits, ex.pranc_tconfig(epochs, 1e-2, s), PrancConfig(k=k, seed=s,
+                                                                                          basis="fastfood"))[1]
             fast[k].append(r["test_acc"])
     dfast = paired([a for k in ks for a in fast[k]], [b for k in ks for b in acc[k]])
     worse = dfast["p"] is not None and dfast["p"] < 0.05 and dfast["mean"] < 0
