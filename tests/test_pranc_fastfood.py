@@ -227,8 +227,8 @@ def test_protocol_suites_with_the_fastfood_basis(tmp_path, monkeypatch):
 
 
 def test_compare_bases_frees_each_model_before_the_next_run(monkeypatch):
-    """compare-bases must not keep a model (and its materialized basis) alive into the next run: a ResNet-20
-    i.i.d. run at k = 10,000 was killed for memory holding two 10.7 GB bases."""
+    """compare-bases must not keep a model (and its materialized basis, 10.7 GB for ResNet-20 at k = 10,000)
+    alive into the next run."""
     import gc
     import weakref
 
@@ -254,3 +254,38 @@ def test_compare_bases_frees_each_model_before_the_next_run(monkeypatch):
     assert [(r["k"], r["basis"], r["seed"]) for r in rows] == [
         (k, b, s) for s in (0, 1) for k in (5, 9) for b in ("iid", "fastfood")]
     assert len(alive) == 8
+
+
+@pytest.mark.parametrize("basis,mode", [("iid", "materialized"), ("iid", "streamed"), ("fastfood", "materialized")])
+def test_a_trained_model_is_freed_with_its_basis(basis, mode):
+    """No reference cycle through autograd's graph: after training and evaluating, dropping the model frees
+    its coefficient module and basis (each trained model's materialized basis used to stay in memory)."""
+    import gc
+    import weakref
+
+    m = build_model("cnn", num_classes=10, in_channels=1, image_size=(8, 8), width=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        core = apply_pranc(m, PrancConfig(k=40, seed=1, basis=basis, mode=mode, chunk=16))
+    x = torch.rand(4, 1, 8, 8)
+    F.cross_entropy(m(x), torch.tensor([0, 1, 2, 3])).backward()     # training mode: the cached block weights
+    m.eval()
+    m(x).sum().backward()                                              # eval mode with gradients
+    refs = [weakref.ref(core), weakref.ref(core.basis)]
+    del m, core
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_backward_after_the_model_is_freed_is_one_clear_error():
+    import gc
+
+    m = build_model("mlp", num_classes=3, in_channels=1, image_size=(4, 4), hidden=[8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_pranc(m, PrancConfig(k=10, seed=1))
+    loss = m(torch.rand(2, 1, 4, 4)).sum()
+    del m
+    gc.collect()
+    with pytest.raises(ReparamError, match="has been freed"):
+        loss.backward()

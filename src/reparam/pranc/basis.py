@@ -20,6 +20,7 @@ code's construction) and `reparam.pranc.fastfood.FastfoodBasis` (structured, O(d
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -215,19 +216,36 @@ class IIDBasis(Basis):
         return out
 
 
+def hold(ctx, basis: Basis) -> None:
+    """Keep the basis on an autograd ctx by weak reference. A strong one closes a cycle that runs through
+    autograd's C++ graph (core -> its cached training weights -> their grad_fn -> ctx -> basis -> core),
+    which Python's collector cannot see: every trained model, and its materialized basis, then stayed in
+    memory for the rest of the process (a 3-seed ResNet-20 comparison was killed for memory)."""
+    ctx.basis_ref = weakref.ref(basis)
+
+
+def held(ctx) -> Basis:
+    basis = ctx.basis_ref()
+    if basis is None:
+        raise ReparamError("backward through a PRANC model that has been freed: keep the model alive until "
+                           "backward() is done")
+    return basis
+
+
 class _BlockFn(torch.autograd.Function):
     """alpha_b -> theta_b = alpha_b @ B_b (materialized); backward = B_b @ g."""
 
     @staticmethod
     def forward(ctx, alpha_b, basis: IIDBasis, block: int):
-        ctx.basis, ctx.block = basis, block
+        hold(ctx, basis)
+        ctx.block = block
         with torch.no_grad():
             return alpha_b.detach() @ basis.materialized[block].to(alpha_b.dtype)
 
     @staticmethod
     def backward(ctx, g):
         with torch.no_grad():
-            return ctx.basis.materialized[ctx.block].to(g.dtype) @ g.contiguous(), None, None
+            return held(ctx).materialized[ctx.block].to(g.dtype) @ g.contiguous(), None, None
 
 
 class _StreamedBlockFn(torch.autograd.Function):
@@ -235,14 +253,15 @@ class _StreamedBlockFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha_b, basis: IIDBasis, block: int):
-        ctx.basis, ctx.block = basis, block
+        hold(ctx, basis)
+        ctx.block = block
         with torch.no_grad():
             return basis.streamed_theta(alpha_b.detach(), block)
 
     @staticmethod
     def backward(ctx, g):
         with torch.no_grad():
-            return ctx.basis.streamed_grad(ctx.block, g.contiguous()), None, None
+            return held(ctx).streamed_grad(ctx.block, g.contiguous()), None, None
 
 
 class _SegmentFn(torch.autograd.Function):
@@ -250,14 +269,15 @@ class _SegmentFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha_b, basis: IIDBasis, seg: Segment):
-        ctx.basis, ctx.seg = basis, seg
+        hold(ctx, basis)
+        ctx.seg = seg
         with torch.no_grad():
             w = basis.fast_columns(alpha_b.detach(), seg.block, seg.offset, seg.offset + seg.numel)
         return w.view(seg.shape)
 
     @staticmethod
     def backward(ctx, g):
-        basis, seg = ctx.basis, ctx.seg
+        basis, seg = held(ctx), ctx.seg
         with torch.no_grad():
             grad = basis.grad_columns(seg.block, seg.offset, seg.offset + seg.numel, g.reshape(-1).contiguous())
         return grad, None, None
@@ -268,14 +288,15 @@ class _ExactSegmentFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, alpha_b, basis: Basis, seg: Segment):
-        ctx.basis, ctx.seg = basis, seg
+        hold(ctx, basis)
+        ctx.seg = seg
         with torch.no_grad():
             w = basis.exact(seg.block, seg.offset, seg.offset + seg.numel, alpha_b.detach())
         return w.view(seg.shape)
 
     @staticmethod
     def backward(ctx, g):
-        basis, seg = ctx.basis, ctx.seg
+        basis, seg = held(ctx), ctx.seg
         with torch.no_grad():
             grad = basis.grad_columns(seg.block, seg.offset, seg.offset + seg.numel, g.reshape(-1).contiguous())
         return grad, None, None

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from reparam.core import generator
-from reparam.pranc.basis import Basis
+from reparam.pranc.basis import Basis, held, hold
 
 if TYPE_CHECKING:
     from reparam.pranc.core import PrancCoefficients
@@ -220,14 +220,15 @@ class FastfoodBasis(Basis):
 class _FastfoodFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha_b, basis: FastfoodBasis, block: int):
-        ctx.basis, ctx.block = basis, block
+        hold(ctx, basis)
+        ctx.block = block
         with torch.no_grad():
             return basis.transform(alpha_b.detach(), block)
 
     @staticmethod
     def backward(ctx, g):
         with torch.no_grad():
-            return ctx.basis.transpose(g.contiguous(), ctx.block), None, None
+            return held(ctx).transpose(g.contiguous(), ctx.block), None, None
 
 
 # ---------------------------------------------------------------- the definition in plain Python

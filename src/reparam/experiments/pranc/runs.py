@@ -116,9 +116,8 @@ def compare_bases(spec, splits, ks, seeds, epochs: int, lr: float, batch_size: i
             rows.append({**r, "seed": s})
         for k in ks:
             for basis in ("iid", "fastfood"):
-                # keep no model: `_, r = ...` held the previous model, and its materialized i.i.d. basis
-                # (10.7 GB for ResNet-20 at k = 10,000), alive through the next run, which was killed for memory;
-                # the collection frees anything a run leaves in reference cycles before the next one allocates
+                # keep no model into the next run (`_, r = ...` held it, with its materialized i.i.d. basis:
+                # 10.7 GB for ResNet-20 at k = 10,000), and collect what a run leaves in reference cycles
                 r = run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, basis=basis, mode=mode, chunk=chunk))[1]
                 gc.collect()
                 r.pop("counts", None)
