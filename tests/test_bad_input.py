@@ -33,7 +33,7 @@ CASES = [
     (["train", "--out", "{new}", "--data-root", "{new}/data"], "--data-root"),
     # pranc
     (["pranc", "train", "--out", "{new}", "--k", "100000000"], "allowed: 1.."),
-    (["pranc", "train", "--out", "{new}", "--k", "100", "--basis", "fastfood"], "unrecognized arguments: --basis"),
+    (["pranc", "train", "--out", "{new}", "--k", "100", "--basis", "hadamard"], "--basis"),
     (["pranc", "train", "--out", "{new}", "--k", "100", "--basis-seed", "-3"], "--basis-seed"),
     (["pranc", "train", "--out", "{new}", "--k", "100", "--budgets", "1,,2"], "--budgets"),
     (["pranc", "train", "--out", "{new}", "--k", "100", "--sigma", "nan"], "--sigma"),
@@ -50,6 +50,9 @@ CASES = [
     (["pranc", "sweep", "--out", "{new}", "--baselines", "dense,,narrow"], "empty item"),
     (["pranc", "sweep", "--out", "{new}", "--k", "100000000"], "allowed: 1.."),
     (["pranc", "sweep", "--out", "{new}", "--resume"], "unrecognized arguments: --resume"),
+    (["pranc", "compare-bases", "--out", "{new}", "--k", "10,10"], "lists 10 twice"),
+    (["pranc", "compare-bases", "--out", "{new}", "--k", "100000000"], "allowed: 1.."),
+    (["pranc", "compare-bases", "--out", "{new}", "--resume"], "unrecognized arguments: --resume"),
     (["pranc", "ablate", "wrong-seed", "--out", "{new}"], "needs --file"),
     (["pranc", "ablate", "wrong-seed", "--out", "{new}", "--file", "{new}.prnc"], "file not found"),
     (["pranc", "ablate", "wrong-seed", "--out", "{new}", "--file", "{d}"], "is a folder"),

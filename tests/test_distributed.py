@@ -99,12 +99,14 @@ WORKER = COMMON + textwrap.dedent('''
     elif task == "pranc":
         from reparam.pranc import PrancConfig, apply_pranc
         from reparam.pranc.fileio import save_prnc
-        for mode in ("streamed", "materialized"):
+        for mode in ("streamed", "materialized", "fastfood"):
             m = model("pranc")
-            core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode, chunk=16))
+            core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode.replace("fastfood", "materialized"),
+                                              chunk=16, basis="fastfood" if mode == "fastfood" else "iid"))
             class Check(Callback):
-                def on_train_start(self, t):
-                    assert core.shard.rows == {0: (0, 20) if rd.get_rank() == 0 else (20, 40)}
+                def on_train_start(self, t):   # the i.i.d. basis is split by rows; Fastfood is computed whole
+                    assert core.shard is None if mode == "fastfood" else \
+                        core.shard.rows == {0: (0, 20) if rd.get_rank() == 0 else (20, 40)}
             Trainer(m, data(), config("mlp"), [Check()]).fit()
             assert core.shard is None   # the sharded path is only on while fit runs
             if rd.is_main():
@@ -268,7 +270,8 @@ def test_cli_under_torchrun_writes_one_output_folder(tmp_path):
 
 
 def test_pranc_two_processes_shard_the_basis_and_match_one(tmp_path):
-    """Each process generates half of the basis rows; alpha ends like the 1-process run (tolerance), the
+    """Each process generates half of the i.i.d. basis rows (Fastfood: the whole transform, DDP averages alpha's
+    gradient); alpha ends like the 1-process run (tolerance), the
     file has the same layout, and it rebuilds in 1 process bit-exactly into the 2-process model's weights."""
     from reparam.pranc import PrancConfig, apply_pranc
     from reparam.pranc.fileio import load_prnc, read_prnc_header, save_prnc
@@ -276,9 +279,10 @@ def test_pranc_two_processes_shard_the_basis_and_match_one(tmp_path):
     procs = _spawn(tmp_path, "pranc")
     ns = _ns()
     refs = {}
-    for mode in ("streamed", "materialized"):
+    for mode in ("streamed", "materialized", "fastfood"):
         m = ns["model"]("pranc")
-        core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode, chunk=16))
+        core = apply_pranc(m, PrancConfig(k=40, seed=3, mode=mode.replace("fastfood", "materialized"), chunk=16,
+                                          basis="fastfood" if mode == "fastfood" else "iid"))
         Trainer(m, ns["data"](), ns["config"]("mlp")).fit()
         save_prnc(tmp_path / f"ref_{mode}.prnc", m)
         refs[mode] = core.alpha.detach().clone()

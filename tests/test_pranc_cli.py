@@ -49,3 +49,39 @@ def test_bad_input_exit_code_2(tmp_path, capsys):
     assert main(["pranc", "eval", str(tmp_path / "missing.prnc")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["pranc", "sweep", "--k", "10", "--baselines", "nope", "--out", str(tmp_path / "s")]) == 2
+
+
+def test_fastfood_train_eval_decode_and_compare_bases(tmp_path, capsys):
+    """--basis fastfood end to end: the file evaluates to the training run's accuracy, decodes to the
+    weights eval mode uses, and compare-bases pairs the two bases by seed."""
+    out = tmp_path / "ff"
+    assert main(["pranc", "train", "--model", "mlp", "--model-options", '{"hidden": [16]}', "--k", "40",
+                 "--epochs", "2", "--basis", "fastfood", "--train-subset", "300", "--out", str(out),
+                 "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["basis"] == "fastfood" and metrics["test_acc_from_file"] == metrics["test_acc"]
+    capsys.readouterr()
+    assert main(["pranc", "eval", str(out / "model.prnc"), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["test_acc"] == metrics["test_acc"] and ev["basis"] == "fastfood"
+    assert main(["pranc", "inspect", str(out / "model.prnc"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["basis"] == "fastfood" and info["generator"] == "reparam-fastfood v1"
+    from reparam.core.fileformat import load_tensors
+    from reparam.pranc import pranc_core
+    from reparam.pranc.fileio import load_prnc
+
+    assert main(["pranc", "decode", str(out / "model.prnc"), "--out", str(tmp_path / "d.safetensors")]) == 0
+    model, _ = load_prnc(out / "model.prnc")
+    tensors, _ = load_tensors(tmp_path / "d.safetensors", "model")
+    core = pranc_core(model)
+    s = core.segments[0]
+    assert torch.equal(tensors[s.state_name].reshape(-1), core.exact_theta()[:s.numel])
+    cmp = tmp_path / "cmp"
+    assert main(["pranc", "compare-bases", "--model", "mlp", "--model-options", '{"hidden": [16]}', "--k", "20,40",
+                 "--seeds", "2", "--epochs", "1", "--train-subset", "200", "--out", str(cmp), "--no-progress"]) == 0
+    res = json.loads((cmp / "results.json").read_text())
+    assert [r["basis"] for r in res["rows"]] == ["iid", "fastfood"] * 4
+    for s in res["summary"]:
+        want = [b - a for a, b in zip(s["iid"], s["fastfood"])]
+        assert s["n"] == 2 and s["diffs"] == want

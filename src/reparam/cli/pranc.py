@@ -70,7 +70,23 @@ def register(subparsers) -> None:
     s.add_argument("--model-options", default="{}")
     s.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
     s.add_argument("--chunk", type=positive_int, default=64)
+    s.add_argument("--basis", default="iid", choices=["iid", "fastfood"],
+                   help="PRANC basis: iid (paper) or fastfood (structured); `reparam pranc compare-bases` runs "
+                        "both, paired")
     s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare-bases", help="i.i.d. vs Fastfood basis at equal k, paired by seed, with statistics")
+    add_train_args(c, model="mlp", data="digits", epochs=30, lr=1e-2, optimizer="adam", weight_decay=0.0,
+                   batch_size=64, resume=False)
+    c.add_argument("--k", type=list_of(positive_int, what="positive integers"), default=[100, 500, 2000],
+                   help="comma-separated k values")
+    c.add_argument("--seeds", type=positive_int, default=3, help="seeds seed..seed+N-1 (each pairs the two bases)")
+    c.add_argument("--model-options", default="{}")
+    c.add_argument("--mode", default="materialized", choices=["materialized", "streamed"],
+                   help="the i.i.d. basis's mode")
+    c.add_argument("--chunk", type=positive_int, default=64)
+    c.add_argument("--dense", action="store_true", help="also train the dense model per seed")
+    c.set_defaults(func=cmd_compare_bases)
 
     a = sub.add_parser("ablate", help="wrong seed, top-|alpha| vs random subsets, fp16, distribution, "
                                       "orthogonality")
@@ -84,6 +100,7 @@ def register(subparsers) -> None:
     a.add_argument("--lr", type=positive_float, default=1e-2)
     a.add_argument("--seed", type=seed_int, default=0)
     a.add_argument("--seeds", type=positive_int, default=1)
+    a.add_argument("--basis", default="iid", choices=["iid", "fastfood"], help="basis of the distribution ablation")
     add_select_on(a)
     a.add_argument("--out", required=True)
     a.add_argument("--overwrite", action="store_true")
@@ -96,7 +113,11 @@ def _add_pranc_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--k", type=positive_int, required=True,
                    help="number of coefficients (required; at most the model's basis parameters d)")
-    p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
+    p.add_argument("--basis", default="iid", choices=["iid", "fastfood"],
+                   help="iid: every basis entry independent (paper); fastfood: structured S H G Pi H B basis, "
+                        "O(d log d) per step whatever k is")
+    p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"],
+                   help="i.i.d. basis: keep it in memory or regenerate it every step (no effect on fastfood)")
     p.add_argument("--chunk", type=positive_int, default=64, help="basis rows per chunk (streamed mode)")
     p.add_argument("--basis-seed", type=seed_int, default=None, help="basis seed (default: --seed)")
     p.add_argument("--distribution", default="default-init", choices=["default-init", "gaussian"])
@@ -139,7 +160,7 @@ def check_k_fits(model, config, what: str = "--k") -> None:
     if config.k > d:
         raise ReparamError(f"{what} {config.k} is not allowed: the model has d = {d:,} basis parameters; "
                            f"allowed: 1..{d}")
-    if config.mode == "materialized":
+    if config.mode == "materialized" and config.basis == "iid":  # a Fastfood basis is never a k x d matrix
         need = 4 * sum(b.k * b.d for b in blocks)
         have = _physical_memory()
         if have and need > have:
@@ -162,7 +183,8 @@ def pranc_config_from_args(args) -> Any:
     if args.k <= 0:
         raise ReparamError(f"--k {args.k} is not allowed; k must be a positive integer")
     return PrancConfig(k=args.k, seed=args.seed if args.basis_seed is None else args.basis_seed,
-                       distribution=args.distribution, sigma=args.sigma, budgets=_budgets(args.budgets),
+                       basis=args.basis, distribution=args.distribution, sigma=args.sigma,
+                       budgets=_budgets(args.budgets),
                        mode=args.mode, chunk=args.chunk, init=args.init).validate()
 
 
@@ -199,7 +221,7 @@ def cmd_train(args) -> int:
             extra["test_acc"] = extra["test_acc_from_file"]
         return extra
 
-    extra = {"k": core.k, "d": core.d, "mode": pconfig.mode, "chunk": pconfig.chunk,
+    extra = {"k": core.k, "d": core.d, "basis": pconfig.basis, "mode": pconfig.mode, "chunk": pconfig.chunk,
              "basis_seed": pconfig.seed, "distribution": pconfig.distribution,
              "layout": "global" if pconfig.budgets is None else "per-layer", "coef_dtype": args.coef_dtype,
              "params_total": c["dense_params"], "dense_params": c["dense_params"],
@@ -235,6 +257,7 @@ def cmd_eval(args) -> int:
     acc = accuracy(model, splits.test)
     if args.json:
         print(json.dumps({"test_acc": acc, "file": args.file, "dataset": args.data, "k": header["counts"]["k"],
+                          "basis": header.get("basis", "iid"),
                           "basis_seed": header["seed"] if args.basis_seed is None else args.basis_seed}))
     else:
         print(f"test accuracy {acc:.4f} ({len(splits.test)} examples of {args.data})")
@@ -290,7 +313,7 @@ def cmd_sweep(args) -> int:
     splits = load_splits(args)
     spec = model_spec(args.model, splits, **opts)
     probe = build_from_spec(spec)            # an unknown model or option fails here, before OUT exists
-    check_k_fits(probe, PrancConfig(k=max(args.k), mode=args.mode, chunk=args.chunk), "--k")
+    check_k_fits(probe, PrancConfig(k=max(args.k), basis=args.basis, mode=args.mode, chunk=args.chunk), "--k")
     del probe
     rows: list[dict[str, Any]] = []
     from rich.progress import Progress
@@ -311,7 +334,9 @@ def cmd_sweep(args) -> int:
             dense, r = ex.run_dense(spec, splits, td)
             add(r, seed=s)
             for k in args.k:
-                _, r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk))
+                # [1]: no model (and materialized basis) kept alive into the next run
+                r = ex.run_pranc(spec, splits, tp, PrancConfig(k=k, seed=s, mode=args.mode, chunk=args.chunk,
+                                                                basis=args.basis))[1]
                 add(r, seed=s, counts=None)
                 if "hashednet" in baselines:
                     add(ex.run_hashednet(spec, splits, tp, k)[1], seed=s)
@@ -336,6 +361,37 @@ def cmd_sweep(args) -> int:
             table.append((f"{method} k={p.get('k', '-')}", f"{p['acc_mean']:.4f} +- {p['acc_std']:.4f} "
                                                          f"(stored {p['stored']})"))
     print_table(f"PRANC sweep: {args.model} on {args.data}, {args.seeds} seed(s)", table)
+    return 0
+
+
+def cmd_compare_bases(args) -> int:
+    from reparam.cli.common import load_splits, print_table, setup_runtime
+    from reparam.cli.validate import run_folder
+    from reparam.core.outdir import write_json
+    from reparam.experiments.pranc import runs as ex
+    from reparam.models import build_from_spec, model_spec
+    from reparam.pranc.config import PrancConfig
+
+    setup_runtime(args)
+    splits = load_splits(args)
+    spec = model_spec(args.model, splits, **_model_options(args.model_options))
+    check_k_fits(build_from_spec(spec), PrancConfig(k=max(args.k), mode=args.mode, chunk=args.chunk), "--k")
+    with run_folder(args, resume=False) as work:
+        def save(rows, summary=None):
+            write_json(work / "results.json", {"rows": rows, "summary": summary, "args": _jsonable_args(args)})
+
+        rows = ex.compare_bases(spec, splits, args.k, range(args.seed, args.seed + args.seeds), args.epochs,
+                                args.lr, args.batch_size, mode=args.mode, chunk=args.chunk, dense=args.dense,
+                                progress=lambda rows: save(rows))
+        summary = ex.summarize_bases(rows)
+        save(rows, summary)
+    table = []
+    for s in summary:
+        p = "n/a" if s["p"] is None else f"{s['p']:.3f}"
+        table.append((f"k={s['k']}", f"iid {100 * s['iid_mean']:.2f}%  fastfood {100 * s['fastfood_mean']:.2f}%  "
+                                     f"fastfood - iid {100 * s['mean']:+.2f} +- {100 * s['std']:.2f} pp "
+                                     f"(p = {p}, fastfood ahead {s['wins']}/{s['n']})"))
+    print_table(f"PRANC bases: {args.model} on {args.data}, {args.seeds} seed(s)", table)
     return 0
 
 
@@ -379,7 +435,7 @@ def cmd_ablate(args) -> int:
 
         splits = load_splits(args)
         spec = model_spec(args.model, splits, **_model_options(args.model_options))
-        check_k_fits(build_from_spec(spec), PrancConfig(k=args.k), "--k")
+        check_k_fits(build_from_spec(spec), PrancConfig(k=args.k, basis=args.basis), "--k")
     with run_folder(args, resume=False) as work:
         result: dict[str, Any] = {"what": args.what}
         if args.what == "orthogonality":
@@ -393,15 +449,16 @@ def cmd_ablate(args) -> int:
             table = [(f"d={r['d']}", f"norm {r['norm_mean']:.3f}+-{r['norm_std']:.3f}  mean|cos| "
                                      f"{r['mean_abs_cos']:.4f}  max|cos| {r['max_abs_cos']:.3f}") for r in rows]
         elif args.what == "distribution":
-            variants = {"default-init": PrancConfig(k=args.k), "gaussian fan-in matched":
-                        PrancConfig(k=args.k, distribution="gaussian"),
-                        "gaussian sigma=0.001 (code otf)": PrancConfig(k=args.k, distribution="gaussian",
+            b = args.basis
+            variants = {"default-init": PrancConfig(k=args.k, basis=b), "gaussian fan-in matched":
+                        PrancConfig(k=args.k, basis=b, distribution="gaussian"),
+                        "gaussian sigma=0.001 (code otf)": PrancConfig(k=args.k, basis=b, distribution="gaussian",
                                                                        sigma=0.001)}
             rows = []
             for s in range(args.seed, args.seed + args.seeds):
                 for name, pc in variants.items():
                     pc.seed = s
-                    _, r = ex.run_pranc(spec, splits, ex.pranc_tconfig(args.epochs, args.lr, s), pc)
+                    r = ex.run_pranc(spec, splits, ex.pranc_tconfig(args.epochs, args.lr, s), pc)[1]
                     rows.append({"variant": name, "seed": s, "test_acc": r["test_acc"]})
             result["rows"] = rows
             table = [(f"{r['variant']} seed {r['seed']}", r["test_acc"]) for r in rows]

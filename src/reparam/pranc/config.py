@@ -8,6 +8,7 @@ from typing import Any
 from reparam.core.errors import ReparamError
 
 MODES = ("materialized", "streamed")
+BASES = ("iid", "fastfood")
 DISTRIBUTIONS = ("default-init", "gaussian")
 INITS = ("e0", "l1-randn")
 BUDGET_RULES = ("proportional", "uniform")
@@ -20,6 +21,9 @@ class PrancConfig:
 
     k:            number of coefficients in total (global layout), or the total that `budgets` splits.
     seed:         the basis seed (stored in the file; a different seed gives a different basis).
+    basis:        "iid" = every basis entry drawn independently (the paper's; cost k*d per product);
+                  "fastfood" = structured theta = S H G Pi H B alpha (Li et al. 2018), O(d log d) per
+                  product whatever k is, with the same per-layer variance (mode and chunk do not apply).
     distribution: "default-init" = U(+-1/sqrt(fan_in)) per layer, weights and biases alike (official
                   code's main path); "gaussian" = N(0, sigma^2) (official code's on-the-fly path).
     sigma:        Gaussian std; None means per-layer std 1/sqrt(3 fan_in), i.e. the default-init variance.
@@ -40,6 +44,7 @@ class PrancConfig:
 
     k: int = 1000
     seed: int = 0
+    basis: str = "iid"
     distribution: str = "default-init"
     sigma: float | None = None
     budgets: None | str | dict[str, int] | list[int] = None
@@ -57,6 +62,8 @@ class PrancConfig:
         """Check every field (also run when the Config is built); returns self."""
         if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k <= 0:
             raise ReparamError(f"k must be a positive integer, got {self.k!r}")
+        if self.basis not in BASES:
+            raise ReparamError(f"unknown PRANC basis {self.basis!r}; allowed: {', '.join(BASES)}")
         if self.mode not in MODES:
             raise ReparamError(f"unknown PRANC mode {self.mode!r}; allowed: {', '.join(MODES)}")
         if self.distribution not in DISTRIBUTIONS:

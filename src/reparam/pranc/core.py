@@ -1,12 +1,14 @@
 """The PRANC parametrization: theta = sum_j alpha_j * basis_j on any nn.Module.
 
-`apply_pranc(model, config, filter_fn)` attaches a `PrancCoefficients` module as `model.pranc` (holding
-alpha as an ordinary nn.Parameter, so any optimizer and state_dict see it) and registers a
-parametrization on every basis tensor (Conv/Linear weight and bias by default). The basis itself is never
-in the state_dict: it is regenerated from the seed (streamed) or held in non-persistent buffers
-(materialized). BatchNorm and other non-basis parameters are left alone and train as usual.
+`apply_pranc(model, config, filter_fn)` keeps a `PrancCoefficients` module (alpha, an ordinary
+nn.Parameter, so any optimizer and state_dict see it) inside the first PRANC parametrization and registers
+a parametrization on every basis tensor (Conv/Linear weight and bias by default). Which matrix the basis
+is lives behind `reparam.pranc.basis.Basis` (the i.i.d. basis there, the structured Fastfood basis in
+reparam.pranc.fastfood): this module only asks it for a block's training-mode weights (`block_theta`,
+differentiable) and its exact weights (`exact`). The basis is never in the state_dict. BatchNorm and other
+non-basis parameters are left alone and train as usual.
 
-Two ways of combining alpha with the basis, one math:
+Two ways of combining alpha with the i.i.d. basis, one math:
 * training (module in train mode): fast matmuls, alpha @ B_c per chunk; gradients through a custom
   autograd Function (grad alpha_c = B_c g), regenerating chunks in streamed mode;
 * exact (module in eval mode, and every reconstruction): the *canonical* sum, made only of elementwise
@@ -14,6 +16,8 @@ Two ways of combining alpha with the basis, one math:
   groups added in order). Every element's value depends only on alpha and its own basis column, so it is
   bit-identical whatever the chunking, the column blocking, the layer-by-layer order, the thread count or
   the device. The weights a model evaluates with are therefore exactly the weights decoded from its file.
+The Fastfood basis has one path: its transform is already a fixed sequence of elementwise operations, so
+training, evaluation and decoding compute the same bits.
 """
 
 from __future__ import annotations
@@ -29,21 +33,12 @@ from reparam.core import generator
 from reparam.core.errors import ReparamError
 from reparam.core.parametrize import FilterFn
 from reparam.core.protocol import Applied, bake_method, claim, report_left_dense
+from reparam.pranc.basis import CANON_COLS, CANON_ROWS, Basis, _ExactSegmentFn, make_basis, tree_sum, tree_sum_
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.layout import Block, Segment, build_layout
 
-CANON_ROWS = 256          # rows per canonical group (part of the file format: changing it changes bits)
-CANON_COLS = 16384        # column block for exact reconstruction (any value gives the same bits)
-
-
-def tree_sum(p: torch.Tensor) -> torch.Tensor:
-    """Sum rows of p [n, c] as a fixed pairwise tree (row 2i + row 2i+1; an odd last row is carried)."""
-    while p.shape[0] > 1:
-        n = p.shape[0]
-        half = p[0:n - 1:2] + p[1:n:2]
-        p = torch.cat([half, p[n - 1:n]]) if n % 2 else half
-    return p[0]
-
+__all__ = ["CANON_COLS", "CANON_ROWS", "PrancCoefficients", "PrancTensor", "apply", "apply_pranc", "fold",
+           "fold_pranc", "pranc_core", "set_inference", "tree_sum", "tree_sum_"]
 
 class PrancCoefficients(nn.Module):
     """alpha (one vector for all blocks), the layout, and the basis generator/materialized basis."""
@@ -53,7 +48,6 @@ class PrancCoefficients(nn.Module):
         self.config = config
         self.blocks = blocks
         self.segments = segments
-        self.unit_distribution = "uniform" if config.distribution == "default-init" else "gaussian"
         total = sum(b.k for b in blocks)
         alpha = torch.zeros(total)
         if config.init == "e0":
@@ -72,6 +66,7 @@ class PrancCoefficients(nn.Module):
                     scale[s.offset:s.offset + s.numel] = s.scale
             self.register_buffer(f"scale_{b.index}", scale, persistent=False)
         self.mode = "streamed"
+        self.basis: Basis = make_basis(self)
         self.cache_policy = "block"      # "block": keep exact block weights; "none": layer by layer
         self._exact_cache: dict[int, tuple[tuple, torch.Tensor]] = {}
         self._train_cache: dict[int, tuple[tuple, dict[int, torch.Tensor], set[int]]] = {}
@@ -84,58 +79,47 @@ class PrancCoefficients(nn.Module):
         return int(self.config.seed)
 
     def set_seed(self, seed: int) -> None:
-        """Use another basis seed (the 'wrong seed' ablation); drops materialized basis and caches."""
+        """Use another basis seed (the 'wrong seed' ablation); rebuilds what the basis keeps, drops caches."""
         self.config.seed = int(seed)
         self._exact_cache.clear()
         self._train_cache.clear()
-        if self.mode == "materialized":
-            self.set_mode("materialized")
+        self.basis = make_basis(self)
+        self.basis.set_mode(self.mode)
+
+    def scale(self, block: int) -> torch.Tensor:
+        """Per-column scale of a block (1/sqrt(fan_in) or sigma per tensor), float32 [d_b]."""
+        return getattr(self, f"scale_{block}")
 
     def generate(self, block: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        """Scaled basis entries [r1-r0, c1-c0] of block `block` (float32, on alpha's device)."""
-        dev = self.alpha.device
-        u = generator.unit_block(self.seed, block, r0, r1, c0, c1, self.unit_distribution, dev)
-        return u.mul_(getattr(self, f"scale_{block}")[c0:c1])
-
-    def basis_rows(self, block: int, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
-        if self.mode == "materialized":
-            return getattr(self, f"basis_{block}")[r0:r1, c0:c1]
-        return self.generate(block, r0, r1, c0, c1)
+        """Explicit basis entries B_b[r0:r1, c0:c1] (float32, on alpha's device), whatever the basis."""
+        return self.basis.explicit(block, r0, r1, c0, c1)
 
     def set_mode(self, mode: str) -> None:
-        """Switch between materialized (one contiguous [k_b, d_b] non-persistent buffer per block, like the
-        official code's basis_mat) and streamed."""
+        """Switch between materialized (i.i.d.: one contiguous [k_b, d_b] matrix per block, like the
+        official code's basis_mat) and streamed. The Fastfood basis has nothing to materialize."""
         if mode not in ("materialized", "streamed"):
             raise ReparamError(f"unknown PRANC mode {mode!r}; allowed: materialized, streamed")
-        for b in self.blocks:
-            self._buffers.pop(f"basis_{b.index}", None)
         self._train_cache.clear()
         self.mode = "streamed"
-        if mode == "materialized":
-            for b in self.blocks:
-                full = torch.empty(b.k, b.d, device=self.alpha.device)
-                step = max(1, min(b.k, (1 << 24) // max(1, b.d)))
-                for r0 in range(0, b.k, step):
-                    full[r0:r0 + step] = self.generate(b.index, r0, min(b.k, r0 + step), 0, b.d)
-                self.register_buffer(f"basis_{b.index}", full, persistent=False)
+        self.basis.set_mode(mode)
         self.mode = mode
 
     def train_segment(self, seg_index: int) -> torch.Tensor:
-        """Training-mode weights of one tensor, materialized mode: one gemv per block and forward pass.
+        """Training-mode weights of one tensor when the basis computes whole blocks (i.i.d. materialized:
+        one gemv per block and forward pass, the official algorithm; Fastfood: one transform).
 
-        The block's theta = alpha_b @ B_b is computed once and handed out as one output per tensor of the
-        block (the official algorithm's single matmul). One `split` rather than a slice per tensor lets
-        the backward concatenate the tensors' gradients once instead of scattering each slice's gradient
-        into its own zero-filled block-sized buffer. A tensor asking twice (a second forward
-        pass, weight sharing) triggers a fresh computation. Reusing the node is safe either way: it is
-        linear and saves nothing.
+        The block's theta is computed once and handed out as one output per tensor of the block. One
+        `split` rather than a slice per tensor lets the backward concatenate the tensors' gradients once
+        instead of scattering each slice's gradient into its own zero-filled block-sized buffer. A tensor
+        asking twice (a second forward pass, weight sharing) triggers a fresh computation. Reusing the
+        node is safe either way: it is linear and saves nothing.
         """
         seg = self.segments[seg_index]
         key = self._key() + (torch.is_grad_enabled(),)
         hit = self._train_cache.get(seg.block)
         if hit is None or hit[0] != key or seg_index in hit[2]:
             segs = self._block_segments(seg.block)
-            theta = _BlockFn.apply(self.block_alpha(seg.block), self, seg.block)
+            theta = self.basis.block_theta(self.block_alpha(seg.block), seg.block)
             parts = theta.split([s.numel for _, s in segs])
             hit = (key, {i: t.view(s.shape) for t, (i, s) in zip(parts, segs)}, set())
             self._train_cache[seg.block] = hit
@@ -161,45 +145,11 @@ class PrancCoefficients(nn.Module):
         b = self.blocks[block]
         return self.alpha[b.alpha_offset:b.alpha_offset + b.k]
 
-    # -- training path (fast) ---------------------------------------------------------------------------
-    def fast_columns(self, alpha_b: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
-        if self.mode == "materialized":
-            return alpha_b @ getattr(self, f"basis_{block}")[:, c0:c1].to(alpha_b.dtype)
-        out = None
-        k, step = alpha_b.shape[0], self.config.chunk
-        for r0 in range(0, k, step):
-            r1 = min(k, r0 + step)
-            part = alpha_b[r0:r1] @ self.generate(block, r0, r1, c0, c1).to(alpha_b.dtype)
-            out = part if out is None else out.add_(part)
-        return out
-
-    def grad_columns(self, block: int, c0: int, c1: int, g: torch.Tensor) -> torch.Tensor:
-        """dL/dalpha_b = B[:, c0:c1] @ g, chunk by chunk in streamed mode."""
-        if self.mode == "materialized":
-            return getattr(self, f"basis_{block}")[:, c0:c1].to(g.dtype) @ g
-        k, step = self.blocks[block].k, self.config.chunk
-        out = torch.empty(k, dtype=g.dtype, device=g.device)
-        for r0 in range(0, k, step):
-            r1 = min(k, r0 + step)
-            out[r0:r1] = self.generate(block, r0, r1, c0, c1).to(g.dtype) @ g
-        return out
-
     # -- exact path (canonical) ---------------------------------------------------------------------------
     def exact_columns(self, block: int, c0: int, c1: int, alpha_b: torch.Tensor | None = None) -> torch.Tensor:
-        """Canonical sum over rows for columns [c0, c1) of a block; bit-identical however it is split."""
+        """Canonical weights of columns [c0, c1) of a block; bit-identical however it is split."""
         alpha_b = (self.block_alpha(block) if alpha_b is None else alpha_b).detach()
-        k = alpha_b.shape[0]
-        out = torch.zeros(c1 - c0, device=alpha_b.device)
-        cols = max(1, min(CANON_COLS, (1 << 22) // CANON_ROWS))
-        for a in range(c0, c1, cols):
-            b_ = min(c1, a + cols)
-            acc = out[a - c0:b_ - c0]
-            for r0 in range(0, k, CANON_ROWS):
-                r1 = min(k, r0 + CANON_ROWS)
-                p = alpha_b[r0:r1, None] * self.basis_rows(block, r0, r1, a, b_)
-                acc = acc + tree_sum(p)
-            out[a - c0:b_ - c0] = acc
-        return out
+        return self.basis.exact(block, c0, c1, alpha_b)
 
     def _key(self) -> tuple:
         a = self.alpha
@@ -226,6 +176,8 @@ class PrancCoefficients(nn.Module):
     shard = None   # a PrancShard while a multi-process Trainer.fit runs
 
     def distributed_start(self, rank: int, world: int) -> None:
+        if self.config.basis != "iid":     # Fastfood: each process does the whole O(d log d) transform
+            return
         from reparam.pranc.distributed import PrancShard
 
         self.shard = PrancShard(self, rank, world)
@@ -244,43 +196,8 @@ class PrancCoefficients(nn.Module):
 
     def extra_repr(self) -> str:
         layout = "global" if self.config.budgets is None else f"per-layer ({len(self.blocks)} blocks)"
-        return (f"k={self.k}, d={self.d}, layout={layout}, mode={self.mode}, seed={self.seed}, "
-                f"distribution={self.config.distribution}")
-
-
-class _BlockFn(torch.autograd.Function):
-    """alpha_b -> theta_b = alpha_b @ B_b (materialized); backward = B_b @ g."""
-
-    @staticmethod
-    def forward(ctx, alpha_b, core: PrancCoefficients, block: int):
-        ctx.core, ctx.block = core, block
-        with torch.no_grad():
-            return alpha_b.detach() @ getattr(core, f"basis_{block}").to(alpha_b.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        with torch.no_grad():
-            return getattr(ctx.core, f"basis_{ctx.block}").to(g.dtype) @ g.contiguous(), None, None
-
-
-class _SegmentFn(torch.autograd.Function):
-    """alpha_b -> one tensor's weights; backward = B_seg @ g (regenerated chunk by chunk if streamed)."""
-
-    @staticmethod
-    def forward(ctx, alpha_b, core: PrancCoefficients, seg: Segment, exact: bool):
-        ctx.core, ctx.seg = core, seg
-        c0, c1 = seg.offset, seg.offset + seg.numel
-        with torch.no_grad():
-            w = core.exact_columns(seg.block, c0, c1, alpha_b) if exact else \
-                core.fast_columns(alpha_b.detach(), seg.block, c0, c1)
-        return w.view(seg.shape)
-
-    @staticmethod
-    def backward(ctx, g):
-        core, seg = ctx.core, ctx.seg
-        with torch.no_grad():
-            grad = core.grad_columns(seg.block, seg.offset, seg.offset + seg.numel, g.reshape(-1).contiguous())
-        return grad, None, None, None
+        return (f"k={self.k}, d={self.d}, basis={self.config.basis}, layout={layout}, mode={self.mode}, "
+                f"seed={self.seed}, distribution={self.config.distribution}")
 
 
 class PrancTensor(nn.Module):
@@ -315,16 +232,17 @@ class PrancTensor(nn.Module):
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         core, seg = self._core, self.seg
-        if self.training and core.mode == "materialized" and core.shard is None:
-            return core.train_segment(self.index)
-        alpha_b = core.block_alpha(seg.block)
-        if not self.training:
-            if torch.is_grad_enabled() and core.alpha.requires_grad:
-                return _SegmentFn.apply(alpha_b, core, seg, True)
-            return core.exact_segment(seg)
-        if core.shard is not None:   # several processes: each generates only its rows of the basis
-            return core.shard.segment(alpha_b, seg)
-        return _SegmentFn.apply(alpha_b, core, seg, False)
+        basis = core.basis
+        if core.shard is not None and self.training:   # several processes: each generates only its rows
+            return core.shard.segment(core.block_alpha(seg.block), seg)
+        grad = torch.is_grad_enabled() and core.alpha.requires_grad
+        if self.training or (grad and basis.exact_is_fast):
+            if basis.whole_block:
+                return core.train_segment(self.index)
+            return basis.segment_theta(core.block_alpha(seg.block), seg)
+        if grad:
+            return _ExactSegmentFn.apply(core.block_alpha(seg.block), basis, seg)
+        return core.exact_segment(seg)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value.new_empty(0)

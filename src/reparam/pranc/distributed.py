@@ -13,6 +13,11 @@ Because the basis generator is counter-based (any row range can be produced alon
 depend on the split, and the saved .prnc file (seed + alpha) is the same format whatever the number of
 processes; evaluation and reconstruction use the canonical exact sum, which every process computes whole.
 
+This is the i.i.d. basis's distributed mode. The Fastfood basis costs O(d log d) per product whatever k
+is, so there is nothing worth splitting: every process computes the whole transform and DDP averages
+alpha's gradient like any parameter's (the gradient is linear in dL/dtheta, so the average of the
+processes' B g_r is B times the average gradient).
+
 Activated by the trainer (`distributed_start`/`distributed_end` on PrancCoefficients) only while a
 multi-process `Trainer.fit` runs; one process never takes this path.
 """
@@ -62,24 +67,24 @@ class PrancShard:
     # -- this process's rows only -----------------------------------------------------------------------
     def partial_columns(self, alpha_b: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
         """alpha_b[lo:hi] @ B[lo:hi, c0:c1], generating (streamed) or slicing (materialized) own rows only."""
-        core = self.core
+        core, basis = self.core, self.core.basis
         lo, hi = self.rows[block]
         out = torch.zeros(c1 - c0, dtype=alpha_b.dtype, device=alpha_b.device)
         step = hi - lo if core.mode == "materialized" else core.config.chunk
         for r0 in range(lo, hi, max(1, step)):
             r1 = min(hi, r0 + step)
-            out.add_(alpha_b[r0:r1] @ core.basis_rows(block, r0, r1, c0, c1).to(alpha_b.dtype))
+            out.add_(alpha_b[r0:r1] @ basis.rows(block, r0, r1, c0, c1).to(alpha_b.dtype))
         return out
 
     def partial_grad(self, block: int, c0: int, c1: int, g: torch.Tensor) -> torch.Tensor:
         """[k_b] gradient: B[lo:hi, c0:c1] @ g in own rows, zero elsewhere."""
-        core = self.core
+        core, basis = self.core, self.core.basis
         lo, hi = self.rows[block]
         out = torch.zeros(core.blocks[block].k, dtype=g.dtype, device=g.device)
         step = hi - lo if core.mode == "materialized" else core.config.chunk
         for r0 in range(lo, hi, max(1, step)):
             r1 = min(hi, r0 + step)
-            out[r0:r1] = core.basis_rows(block, r0, r1, c0, c1).to(g.dtype) @ g
+            out[r0:r1] = basis.rows(block, r0, r1, c0, c1).to(g.dtype) @ g
         return out
 
 

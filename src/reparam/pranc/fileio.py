@@ -4,7 +4,8 @@ A reparam safetensors file (kind "pranc", CRC32-checked, never unpickled) with t
     alpha             the k coefficients (all blocks concatenated), float32 or float16
     state.<name>      every non-basis state_dict entry (BatchNorm affine + running stats, ...)
 and a header (JSON) with
-    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, seed, distribution,
+    pranc_version, content ("classifier" | "image" | ...), generator {name, version}, basis (only for a
+    non-default basis, e.g. "fastfood"; absent = "iid"), seed, distribution,
     sigma, mode, chunk, init, layout ("global" | "per-layer"), blocks [{index, name, k, d, alpha_offset}],
     segments [{module, tensor, shape, block, offset, scale}], canon_rows, coef_dtype,
     architecture (reparam.models.model_spec dict, or null when the caller supplies the model),
@@ -29,9 +30,13 @@ from reparam.core.errors import ReparamError
 from reparam.core.fileformat import check_state_matches, load_tensors, save_tensors
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import CANON_ROWS, PrancCoefficients, apply_pranc, fold_pranc, pranc_core
+from reparam.pranc.fastfood import FASTFOOD_NAME, FASTFOOD_VERSION
 
 KIND = "pranc"
 PRANC_VERSION = 1
+# (generator name, version) -> the basis it generates; a file without a "basis" field is i.i.d.
+GENERATORS = {(generator.GENERATOR_NAME, generator.GENERATOR_VERSION): "iid",
+              (FASTFOOD_NAME, FASTFOOD_VERSION): "fastfood"}
 COEF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "fp32": torch.float32,
                "fp16": torch.float16}
 
@@ -138,7 +143,9 @@ def save_prnc(path: str | Path, model: nn.Module, *, architecture: dict[str, Any
     cfg = core.config
     header = {
         "pranc_version": PRANC_VERSION, "content": content,
-        "generator": {"name": generator.GENERATOR_NAME, "version": generator.GENERATOR_VERSION},
+        **core.basis.header(),
+        # written only for a non-default basis, so that i.i.d. files stay byte-identical to earlier ones
+        **({"basis": cfg.basis} if cfg.basis != "iid" else {}),
         "seed": int(cfg.seed), "distribution": cfg.distribution, "sigma": cfg.sigma, "mode": core.mode,
         "chunk": cfg.chunk, "init": cfg.init, "include_bias": cfg.include_bias,
         "other_params": cfg.other_params, "exclude_state": list(cfg.exclude_state),
@@ -174,12 +181,17 @@ def _check_header(path, header: dict[str, Any]) -> None:
         raise ReparamError(f"{path}: PRANC file version {_short(header.get('pranc_version'))} is not supported "
                            f"(this reparam reads version {PRANC_VERSION})")
     gen = header.get("generator")
-    if not isinstance(gen, dict) or gen.get("name") != generator.GENERATOR_NAME or \
-            gen.get("version") != generator.GENERATOR_VERSION or isinstance(gen.get("version"), bool):
-        got = (gen.get("name"), gen.get("version")) if isinstance(gen, dict) else (gen, None)
-        raise ReparamError(f"{path}: basis generator {_short(got[0])} version {_short(got[1])} is not "
-                           f"supported (this reparam has {generator.GENERATOR_NAME!r} version "
-                           f"{generator.GENERATOR_VERSION})")
+    key = (gen.get("name"), gen.get("version")) if isinstance(gen, dict) else (gen, None)
+    # only a str name and a non-bool int version can name a generator (a crafted header may hold anything)
+    known = isinstance(key[0], str) and isinstance(key[1], int) and not isinstance(key[1], bool)
+    basis = GENERATORS.get(key) if known else None
+    if basis is None:
+        have = ", ".join(f"{n!r} version {v}" for n, v in GENERATORS)
+        raise ReparamError(f"{path}: basis generator {_short(key[0])} version {_short(key[1])} is not "
+                           f"supported (this reparam has {have})")
+    if header.get("basis", "iid") != basis:
+        raise ReparamError(f"{path}: basis {_short(header.get('basis'))} does not match generator {key[0]!r} "
+                           f"(which generates the {basis!r} basis)")
     if header.get("canon_rows") != CANON_ROWS or isinstance(header.get("canon_rows"), bool):
         raise ReparamError(f"{path}: canonical row group {_short(header.get('canon_rows'))} != {CANON_ROWS}")
     if not isinstance(header.get("content"), str):
@@ -252,8 +264,9 @@ HEADER_FIELDS: dict[str, Check] = {
     "dense_tensors": _dict_of(_shape),
     "counts": _dict_of(lambda x: x is None or _is_num(x)),
     "extra": lambda v: isinstance(v, dict),
+    "basis": _one_of("iid", "fastfood"),
 }
-OPTIONAL_FIELDS = {"init", "include_bias", "other_params", "exclude_state", "architecture", "extra"}
+OPTIONAL_FIELDS = {"init", "include_bias", "other_params", "exclude_state", "architecture", "extra", "basis"}
 
 
 def validate_header(path, header: dict[str, Any], alpha_numel: int | None = None) -> dict[str, Any]:
@@ -299,7 +312,8 @@ def config_from_header(header: dict[str, Any]) -> PrancConfig:
     blocks = header["blocks"]
     budgets = None if header["layout"] == "global" else {b["name"]: b["k"] for b in blocks}
     return PrancConfig(k=sum(b["k"] for b in blocks), seed=int(header["seed"]),
-                       distribution=header["distribution"], sigma=header["sigma"], budgets=budgets,
+                       basis=header.get("basis", "iid"), distribution=header["distribution"],
+                       sigma=header["sigma"], budgets=budgets,
                        mode="streamed", chunk=int(header["chunk"]), init=header.get("init", "e0"),
                        include_bias=header.get("include_bias", True),
                        other_params=header.get("other_params", "train"),
@@ -409,6 +423,7 @@ def inspect_prnc(path: str | Path) -> dict[str, Any]:
     info = {
         "file": str(path), "file_bytes": size, "content": header.get("content"),
         "generator": f"{header['generator']['name']} v{header['generator']['version']}",
+        "basis": header.get("basis", "iid"),
         "seed": header["seed"], "distribution": header["distribution"], "sigma": header.get("sigma"),
         "layout": header["layout"], "blocks": len(header["blocks"]), "mode": header["mode"],
         "coef_dtype": header["coef_dtype"],
