@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from reparam.experiments.adapters.targets import register_adapter_targets
+
     choose(args.method, TRAIN_METHODS, "method")
+    register_adapter_targets()   # shifted targets and class splits (e.g. digits-0to4), to pretrain adapter bases
     splits, model = prepare(args)
     train_and_report(args, method=args.method, model=model, splits=splits)
     return 0

@@ -1,0 +1,79 @@
+"""`reparam adapt train|eval|sweep` end to end on tiny runs: the adapter file is small and rebuilds the trained
+accuracy exactly; another base is refused with one line and exit 2; bad input writes nothing."""
+
+import json
+
+import pytest
+
+from reparam.cli.main import main
+
+TINY = ["--epochs", "1", "--train-subset", "120", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    for seed in (0, 1):
+        assert main(["train", "--data", "digits", "--model", "cnn", "--seed", str(seed), "--out",
+                     str(root / f"base{seed}"), *TINY]) == 0
+    return root
+
+
+@pytest.mark.parametrize("method", ["nola", "pranc", "lora", "linear"])
+def test_train_writes_an_adapter_that_eval_rebuilds(bases, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert main(["adapt", "train", "--from", str(bases / "base0"), "--method", method, "--k", "40", "--rank", "1",
+                 "--data", "digits-rotated", "--out", str(out), *TINY]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("method", "model", "dataset", "seed", "test_acc", "val_acc", "params_total", "params_stored",
+                "bytes_stored", "train_seconds", "epochs"):
+        assert key in m
+    assert m["test_acc"] == m["test_acc_from_file"]
+    if method in ("nola", "pranc"):
+        assert m["params_stored"] == 40 and m["bytes_stored"] == 160 and m["file_bytes"] < 4096
+    capsys.readouterr()
+    assert main(["adapt", "eval", str(out / "adapter.safetensors"), "--base", str(bases / "base0"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_acc"] == m["test_acc"]
+
+
+def test_eval_against_another_base_exits_2_with_one_line(bases, tmp_path, capsys):
+    out = tmp_path / "a"
+    assert main(["adapt", "train", "--from", str(bases / "base0"), "--method", "nola", "--k", "40",
+                 "--data", "digits-rotated", "--out", str(out), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["adapt", "eval", str(out), "--base", str(bases / "base1")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other base weights" in err
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--method", "nola", "--k", "3"], "too small"),
+    (["--method", "linear", "--coef-dtype", "int4"], "is for nola and pranc"),
+    (["--method", "nola", "--coef-dtype", "int1"], "unknown coefficient dtype"),
+    (["--method", "nola", "--data", "cifar-nope"], "unknown dataset"),
+    (["--method", "nola", "--data", "digits-0to4"], "the base has 10 classes"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(bases, tmp_path, capsys, bad, message):
+    out = tmp_path / "x"
+    args = ["adapt", "train", "--from", str(bases / "base0"), "--data", "digits-rotated", "--out", str(out), *TINY]
+    assert main(args + bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_base_is_refused(tmp_path, capsys):
+    assert main(["adapt", "train", "--from", str(tmp_path), "--method", "nola", "--data", "digits",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_sweep_writes_table_and_plot(bases, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["adapt", "sweep", "--from", str(bases / "base0"), "--data", "digits-rotated",
+                 "--methods", "nola:40,linear", "--seeds", "1", "--out", str(out), *TINY]) == 0
+    table = (out / "table.md").read_text()
+    assert "| nola:40 | 40 | 160 |" in table and "| linear |" in table
+    assert (out / "acc_vs_bytes_digits-rotated.png").stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["label"] for r in rows} == {"nola:40", "linear"}
