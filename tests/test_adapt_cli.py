@@ -47,7 +47,9 @@ def test_eval_against_another_base_exits_2_with_one_line(bases, tmp_path, capsys
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--method", "nola", "--k", "3"], "too small"),
+    (["--method", "nola", "--k", "1"], "too small"),
+    (["--method", "nola", "--k", "7", "--sharing", "per-layer"], "too small"),
+    (["--method", "linear", "--layers", "head"], "--layers restricts"),
     (["--method", "linear", "--coef-dtype", "int4"], "is for nola and pranc"),
     (["--method", "nola", "--coef-dtype", "int1"], "unknown coefficient dtype"),
     (["--method", "nola", "--data", "cifar-nope"], "unknown dataset"),
@@ -73,7 +75,7 @@ def test_sweep_writes_table_and_plot(bases, tmp_path, capsys):
     assert main(["adapt", "sweep", "--from", str(bases / "base0"), "--data", "digits-rotated",
                  "--methods", "nola:40,linear", "--seeds", "1", "--out", str(out), *TINY]) == 0
     table = (out / "table.md").read_text()
-    assert "| nola:40 | 40 | 160 |" in table and "| linear |" in table
+    assert "| nola:40 | 40 | 160 | " in table and "| linear | 1,290 | 5,160 | " in table
     assert (out / "acc_vs_bytes_digits-rotated.png").stat().st_size > 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["label"] for r in rows} == {"nola:40", "linear"}

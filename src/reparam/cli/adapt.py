@@ -27,10 +27,13 @@ def register(subparsers) -> None:
     t.add_argument("--method", required=True, choices=list(METHODS))
     t.add_argument("--k", type=positive_int, default=200,
                    help="nola, pranc: coefficients stored in all (default 200)")
-    t.add_argument("--rank", type=positive_int, default=4, help="nola, lora: rank of the delta (default 4)")
-    t.add_argument("--sharing", default="per-layer", choices=["per-layer", "shared"],
-                   help="nola: one alpha and beta per tensor (default) or one for all")
+    t.add_argument("--rank", type=positive_int, default=None,
+                   help="nola, lora: rank of the delta (default 8 for nola, 4 for lora)")
+    t.add_argument("--sharing", default=None, choices=["per-layer", "shared"],
+                   help="nola: one alpha and beta for all tensors (shared, the default here) or per tensor")
     t.add_argument("--quant-bits", type=int, default=None, help="nola: quantization-aware training at 2..8 bits")
+    t.add_argument("--layers", default=None, metavar="REGEX",
+                   help="nola, pranc, lora: only the layers whose name matches (e.g. self_attn)")
     t.add_argument("--coef-dtype", default="float32",
                    help="nola, pranc: coefficients in the file: float32 (default), float16, int8 ... int2")
     add_data_args(t, None)
@@ -38,7 +41,7 @@ def register(subparsers) -> None:
                    help="data split seed (default: the base run's, so the base never saw the test images)")
     t.add_argument("--epochs", type=positive_int, default=10)
     t.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default per method)")
-    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--seed", type=int, default=0, help="adaptation seed (generator seed, init, batch order)")
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true")
@@ -68,8 +71,10 @@ def register(subparsers) -> None:
     s.add_argument("--seeds", type=positive_int, default=3)
     s.add_argument("--seed", type=int, default=0, help="first adaptation seed")
     s.add_argument("--epochs", type=positive_int, default=10)
-    s.add_argument("--batch-size", type=positive_int, default=64)
-    s.add_argument("--rank", type=positive_int, default=4, help="nola's rank")
+    s.add_argument("--batch-size", type=positive_int, default=32)
+    s.add_argument("--rank", type=positive_int, default=None, help="nola's rank (default 8)")
+    s.add_argument("--layers", default=None, metavar="REGEX",
+                   help="nola, pranc, lora: only the layers whose name matches")
     s.add_argument("--out", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--resume", action="store_true", help="keep the finished runs of OUT.partial")
@@ -108,8 +113,9 @@ def cmd_train(args) -> int:
     base_acc = _accuracy(model, splits)
     params_total = count_dense_params(model)
     seed_everything(args.seed)
+    # every check is done by here: nothing has been written
     prep = runs.prepare(args.method, model, k=args.k, rank=args.rank, seed=args.seed, sharing=args.sharing,
-                        quant_bits=args.quant_bits)           # every check done: nothing written before this
+                        quant_bits=args.quant_bits, layers=args.layers)
     extra = {"dataset": args.data, "data_seed": data_seed, "base_run": str(args.base),
              "base_model": base_header.get("model_spec", {}).get("name"), "adapt_seed": args.seed}
     with local_output_dir(out, overwrite=args.overwrite) as work:
@@ -121,7 +127,7 @@ def cmd_train(args) -> int:
         m.update(model=base_header.get("model_spec", {}).get("name"), dataset=args.data, seed=args.seed,
                  data_seed=data_seed, base=str(args.base), base_test_acc=base_acc, params_total=params_total,
                  k=args.k if args.method in ("nola", "pranc") else None,
-                 rank=args.rank if args.method in ("nola", "lora") else None, argv=getattr(args, "argv", None))
+                 rank=prep.config.get("rank"), argv=getattr(args, "argv", None))
         training_curves(history, work / "curves.png", title=f"adapt {args.method} on {args.data}")
         write_json(work / "metrics.json", m)
     print_table(f"adapt {args.method}: {m['model']} -> {args.data} (seed {args.seed})",
@@ -182,5 +188,6 @@ def cmd_sweep(args) -> int:
     sweep.run_sweep(args.base, datasets, specs, seeds=args.seeds, first_seed=args.seed, epochs=args.epochs,
                     batch_size=args.batch_size, nola_rank=args.rank, out=args.out, data_root=args.data_root,
                     train_subset=args.train_subset, val_fraction=args.val_fraction, data_seed=args.data_seed,
-                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
+                    overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                    layers=args.layers)
     return 0

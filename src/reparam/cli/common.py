@@ -63,6 +63,19 @@ def float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (e.g. --model-options); one line naming the flag otherwise."""
+    import json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise ReparamError(f"{flag} {text!r} is not a JSON object")
+    return obj
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: $REPARAM_THREADS or 1)")

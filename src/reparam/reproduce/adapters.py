@@ -66,7 +66,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         for method in methods:
             model = copy.deepcopy(base)
             with tempfile.TemporaryDirectory() as tmp:
-                m, _ = runs.adapt(model, tgt, method, k=K, rank=1 if method == "lora" else 4, epochs=epochs,
+                m, _ = runs.adapt(model, tgt, method, k=K, rank=1 if method == "lora" else None, epochs=epochs,
                                   seed=seed, out_dir=Path(tmp) if method == "nola" else None)
                 if method == "nola":     # the file alone, on a fresh copy of the base
                     fresh = copy.deepcopy(base)

@@ -1,8 +1,9 @@
 """HF PEFT's LoRA and VeRA next to reparam's adapters (optional: `pip install 'reparam[peft]'`).
 
-The same base, data, optimizer and schedule as every other method of the harness. Stored bytes are the size
-of the `adapter_model.safetensors` PEFT's `save_pretrained` writes (VeRA saves its shared random projections
-by default, `save_projection=True`, because PEFT cannot regenerate them bit-identically on every device).
+The same base, data, optimizer and schedule as every other method of the harness. Stored bytes are the bytes
+of the tensors in the `adapter_model.safetensors` PEFT's `save_pretrained` writes (file bytes: the file), as
+for reparam's adapters; VeRA saves its shared random projections there by default (`save_projection=True`),
+because PEFT cannot regenerate them bit-identically on every device.
 PEFT's LoRA takes Conv2d and Linear layers; its VeRA takes Linear layers only, so on a CNN it adapts the head.
 """
 
@@ -55,13 +56,17 @@ def prepare_peft(method: str, model: nn.Module, *, rank: int = 4, seed: int = 0)
         out_dir.mkdir(parents=True, exist_ok=True)
         wrapped.save_pretrained(str(out_dir / "peft"))
         f = out_dir / "peft" / "adapter_model.safetensors"
-        return {"bytes_stored": f.stat().st_size, "file_bytes": f.stat().st_size}
+        from safetensors.torch import load_file
+
+        payload = sum(t.numel() * t.element_size() for t in load_file(str(f)).values())
+        return {"bytes_stored": payload, "file_bytes": f.stat().st_size}
 
     return Prepared(method, wrapped, params, [KeepNormStatistics(model)], stored,
                     f"PEFT {method[5:]} rank {rank} on {len(targets)} layers", save,
                     {"rank": rank, "targets": targets})
 
 
-def peft_file_bytes(prep) -> int:
+def peft_sizes(prep) -> dict[str, int]:
+    """{bytes_stored: the tensors' bytes, file_bytes: the file's} of PEFT's saved adapter."""
     with tempfile.TemporaryDirectory() as tmp:
-        return prep.save(Path(tmp), {})["file_bytes"]
+        return prep.save(Path(tmp), {})

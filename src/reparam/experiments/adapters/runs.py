@@ -15,6 +15,7 @@ in the header), which `load_adapter` puts back on the same base and refuses on a
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -33,9 +34,12 @@ METHODS = ("nola", "pranc", "lora", "bitfit", "linear", "full")
 PEFT_METHODS = ("peft-lora", "peft-vera")
 ALL_METHODS = METHODS + PEFT_METHODS
 SIZED = {"nola": "k", "pranc": "k", "lora": "rank", "peft-lora": "rank", "peft-vera": "rank"}
-# Adam learning rates, picked on digits -> digits-rotated validation accuracy (docs/results/adapters.md)
-DEFAULT_LR = {"nola": 0.02, "pranc": 0.02, "lora": 0.005, "bitfit": 0.01, "linear": 0.01, "full": 0.001,
-              "peft-lora": 0.005, "peft-vera": 0.01}
+# Adam learning rates, picked on the validation split of digits -> digits-rotated (cnn base, 10 epochs,
+# k = 200 / rank 4; docs/results/adapters.md); PEFT's LoRA takes the tiny LoRA's, VeRA's was not tuned.
+DEFAULT_LR = {"nola": 0.05, "pranc": 0.05, "lora": 0.03, "bitfit": 0.3, "linear": 0.3, "full": 0.001,
+              "peft-lora": 0.03, "peft-vera": 0.03}
+# The harness's NOLA: one alpha and one beta shared by all tensors, rank 8 (chosen with the learning rates)
+NOLA_RANK, NOLA_SHARING, LORA_RANK, BATCH_SIZE = 8, "shared", 4, 32
 PRANC_MATERIALIZE_BYTES = 1 << 28   # PRANC keeps its k x d basis in memory below this, else streams it
 
 
@@ -105,13 +109,24 @@ def _state_saver(method: str, names: list[str], model: nn.Module, base_fp: dict[
     return save
 
 
+def layer_filter(layers: str | None):
+    """filter_fn keeping the layers whose name matches the regular expression `layers` (None: every layer)."""
+    if layers is None:
+        return None
+    try:
+        pattern = re.compile(layers)
+    except re.error as e:
+        raise ReparamError(f"--layers {layers!r} is not a regular expression ({e})") from None
+    return lambda module, name: bool(pattern.search(name))
+
+
 def nola_config(model: nn.Module, k: int, rank: int, seed: int, sharing: str = "per-layer",
-                quant_bits: int | None = None):
+                quant_bits: int | None = None, filter_fn=None):
     """NOLA with `k` coefficients in all: per layer k // (2 layers) for each factor (or k // 2 each, shared)."""
     from reparam import nola
     from reparam.nola.core import plan_layers
 
-    n = len(plan_layers(model, nola.Config(k=1))[0])
+    n = len(plan_layers(model, nola.Config(k=1), filter_fn)[0])
     per = k // 2 if sharing == "shared" else k // (2 * n)
     if per < 1:
         least = 2 if sharing == "shared" else 2 * n
@@ -120,11 +135,17 @@ def nola_config(model: nn.Module, k: int, rank: int, seed: int, sharing: str = "
     return nola.Config(k=per, rank=rank, seed=seed, sharing=sharing, quant_bits=quant_bits)
 
 
-def prepare(method: str, model: nn.Module, *, k: int = 200, rank: int = 4, seed: int = 0,
-            sharing: str = "per-layer", quant_bits: int | None = None) -> Prepared:
-    """Put `method` on `model` (in place; PEFT wraps it)."""
+def prepare(method: str, model: nn.Module, *, k: int = 200, rank: int | None = None, seed: int = 0,
+            sharing: str | None = None, quant_bits: int | None = None, layers: str | None = None) -> Prepared:
+    """Put `method` on `model` (in place; PEFT wraps it). `layers`: a regular expression on layer names
+    restricting nola, pranc and lora (e.g. "self_attn" for a transformer's attention projections)."""
     from reparam.train.hooks import KeepNormStatistics
 
+    if layers is not None and method not in ("nola", "pranc", "lora"):
+        raise ReparamError(f"--layers restricts nola, pranc and lora; {method} trains fixed tensors")
+    filter_fn = layer_filter(layers)
+    rank = rank or (NOLA_RANK if method == "nola" else LORA_RANK)
+    sharing = sharing or NOLA_SHARING
     base_fp = ad.fingerprint(model)
     if method in PEFT_METHODS:
         from reparam.experiments.adapters.peft_baselines import prepare_peft
@@ -133,10 +154,10 @@ def prepare(method: str, model: nn.Module, *, k: int = 200, rank: int = 4, seed:
     if method == "nola":
         from reparam import nola
 
-        cfg = nola_config(model, k, rank, seed, sharing, quant_bits)
+        cfg = nola_config(model, k, rank, seed, sharing, quant_bits, filter_fn)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            h = nola.apply(model, cfg)
+            h = nola.apply(model, cfg, filter_fn)
         return Prepared("nola", model, [h.extra["core"].alpha, h.extra["core"].beta], h.hooks, h.stored,
                         h.stored_what, lambda path, extra: nola.save_adapter(path, model, extra=extra),
                         cfg.to_dict())
@@ -146,33 +167,33 @@ def prepare(method: str, model: nn.Module, *, k: int = 200, rank: int = 4, seed:
         from reparam.pranc.layout import build_layout
 
         probe = pranc.Config(k=k, seed=seed, delta=True)
-        d = sum(b.d for b in build_layout(model, probe)[0])
+        d = sum(b.d for b in build_layout(model, probe, filter_fn)[0])
         mode = "materialized" if 4 * k * d <= PRANC_MATERIALIZE_BYTES else "streamed"
         cfg = pranc.Config(k=k, seed=seed, delta=True, mode=mode)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            h = pranc.apply(model, cfg)
+            h = pranc.apply(model, cfg, filter_fn)
         return Prepared("pranc", model, [h.extra["core"].alpha], h.hooks, h.stored, h.stored_what,
                         lambda path, extra: pranc_adapter.save_adapter(path, model, extra=extra), cfg.to_dict())
     if method == "lora":
         from reparam.experiments.adapters.lora import apply_lora
 
-        layers = apply_lora(model, rank, seed=seed)
-        params = [p for _, _, d in layers for p in (d.A, d.B)]
-        stored = sum(d.stored for _, _, d in layers)
+        taken = apply_lora(model, rank, seed=seed, filter_fn=filter_fn)
+        params = [p for _, _, d in taken for p in (d.A, d.B)]
+        stored = sum(d.stored for _, _, d in taken)
 
         def save(path: Path, extra: dict[str, Any]) -> dict[str, Any]:
             tensors = {}
-            for name, t, d in layers:
+            for name, t, d in taken:
                 tensors[f"lora.{name}.{t}.A"] = d.A.detach().cpu().contiguous()
                 tensors[f"lora.{name}.{t}.B"] = d.B.detach().cpu().contiguous()
             header = {"config": {"rank": rank, "lora_alpha": None, "seed": seed},
-                      "layers": [[name, t] for name, t, _ in layers], "coef_dtype": "float32",
+                      "layers": [[name, t] for name, t, _ in taken], "coef_dtype": "float32",
                       "counts": {"stored_numbers": stored, "payload_bytes": ad.payload_bytes(tensors)}, "extra": extra}
             return ad.save_adapter(path, "lora", tensors, header, base_fp)
 
         return Prepared("lora", model, params, [KeepNormStatistics(model)], stored,
-                        f"rank {rank} on {len(layers)} tensors", save, {"rank": rank})
+                        f"rank {rank} on {len(taken)} tensors", save, {"rank": rank})
     if method in ("bitfit", "linear", "full"):
         if method == "linear":
             head = getattr(model, "head", None)
@@ -200,21 +221,21 @@ def prepare(method: str, model: nn.Module, *, k: int = 200, rank: int = 4, seed:
 
 
 # -- one run --------------------------------------------------------------------------------------------
-def adapt(model: nn.Module, splits, method: str, *, k: int = 200, rank: int = 4, epochs: int = 10,
-          lr: float | None = None, seed: int = 0, batch_size: int = 64, sharing: str = "per-layer",
+def adapt(model: nn.Module, splits, method: str, *, k: int = 200, rank: int | None = None, epochs: int = 10,
+          lr: float | None = None, seed: int = 0, batch_size: int = BATCH_SIZE, sharing: str | None = None,
           quant_bits: int | None = None, coef_dtype: str = "float32", progress: bool = False,
-          out_dir: Path | None = None) -> tuple[dict[str, Any], Prepared]:
+          out_dir: Path | None = None, layers: str | None = None) -> tuple[dict[str, Any], Prepared]:
     """Adapt `model` (in place) to `splits` with `method`; returns (metrics, prepared). With out_dir, the
     adapter (or PEFT's folder) is written there and its size reported."""
     from reparam.core.runtime import seed_everything
 
     check_method(method, coef_dtype)
     seed_everything(seed)
-    prep = prepare(method, model, k=k, rank=rank, seed=seed, sharing=sharing, quant_bits=quant_bits)
+    prep = prepare(method, model, k=k, rank=rank, seed=seed, sharing=sharing, quant_bits=quant_bits, layers=layers)
     metrics = train_prepared(prep, splits, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size,
                              coef_dtype=coef_dtype, progress=progress, out_dir=out_dir)
     if SIZED.get(method):
-        metrics[SIZED[method]] = k if SIZED[method] == "k" else rank
+        metrics[SIZED[method]] = k if SIZED[method] == "k" else (rank or LORA_RANK)
     return metrics, prep
 
 
@@ -228,7 +249,7 @@ def check_method(method: str, coef_dtype: str = "float32") -> str:
 
 
 def train_prepared(prep: Prepared, splits, *, epochs: int = 10, lr: float | None = None, seed: int = 0,
-                   batch_size: int = 64, coef_dtype: str = "float32", progress: bool = False,
+                   batch_size: int = BATCH_SIZE, coef_dtype: str = "float32", progress: bool = False,
                    out_dir: Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a prepared method (Adam, cosine schedule, no weight decay, model selection on val); with out_dir,
     write the adapter file (and the trainer's log.jsonl) there."""
@@ -262,10 +283,19 @@ def train_prepared(prep: Prepared, splits, *, epochs: int = 10, lr: float | None
                       else _save_rounded(method, prep.model, path, coef_dtype, extra or {}))
             metrics["bytes_stored"] = header["counts"]["payload_bytes"]
             metrics["file_bytes"] = path.stat().st_size
-    elif method in PEFT_METHODS:
-        from reparam.experiments.adapters.peft_baselines import peft_file_bytes
+    elif method not in PEFT_METHODS:    # the size of the file it would write
+        import tempfile
 
-        metrics["bytes_stored"] = metrics["file_bytes"] = peft_file_bytes(prep)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "adapter.safetensors"
+            header = (prep.save(path, extra or {}) if coef_dtype == "float32"
+                      else _save_rounded(method, prep.model, path, coef_dtype, extra or {}))
+            metrics["bytes_stored"] = header["counts"]["payload_bytes"]
+            metrics["file_bytes"] = path.stat().st_size
+    elif method in PEFT_METHODS:
+        from reparam.experiments.adapters.peft_baselines import peft_sizes
+
+        metrics.update(peft_sizes(prep))
     metrics["wall_seconds"] = time.perf_counter() - t0
     return metrics
 

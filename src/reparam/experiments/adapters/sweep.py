@@ -57,10 +57,11 @@ def label(method: str, size: int | None) -> str:
 
 
 def run_sweep(base: str, datasets: list[str], specs: list[tuple[str, int | None]], *, seeds: int = 3,
-              first_seed: int = 0, epochs: int = 10, batch_size: int = 64, nola_rank: int = 4, out: str | Path,
+              first_seed: int = 0, epochs: int = 10, batch_size: int = runs.BATCH_SIZE, nola_rank: int | None = None,
+              out: str | Path,
               data_root: str | None = None, train_subset: float | None = None, val_fraction: float = 0.1,
               data_seed: int | None = None, overwrite: bool = False, resume: bool = False,
-              progress: bool = False) -> list[dict[str, Any]]:
+              progress: bool = False, layers: str | None = None) -> list[dict[str, Any]]:
     from reparam.core.outdir import local_output_dir, write_json
     from reparam.data import load_dataset
     from reparam.experiments.adapters.targets import register_adapter_targets
@@ -91,8 +92,10 @@ def run_sweep(base: str, datasets: list[str], specs: list[tuple[str, int | None]
                         continue
                     m_model, _ = runs.load_base(base)
                     kw = {"k": size} if runs.SIZED.get(method) == "k" else {"rank": size} if size else {}
-                    if method == "nola":
+                    if method == "nola" and nola_rank is not None:
                         kw["rank"] = nola_rank
+                    if layers is not None and method in ("nola", "pranc", "lora"):
+                        kw["layers"] = layers
                     metrics, _ = runs.adapt(m_model, splits, method, epochs=epochs, seed=seed,
                                             batch_size=batch_size, progress=progress, **kw)
                     metrics.pop("history", None)
@@ -105,7 +108,7 @@ def run_sweep(base: str, datasets: list[str], specs: list[tuple[str, int | None]
         meta = {"base": str(base), "base_model": header.get("model_spec"), "datasets": datasets, "seeds": seeds,
                 "first_seed": first_seed, "epochs": epochs, "batch_size": batch_size, "nola_rank": nola_rank,
                 "train_subset": train_subset, "val_fraction": val_fraction, "data_seed": dseed,
-                "base_test_acc": base_acc}
+                "base_test_acc": base_acc, "layers": layers}
         write_json(work / "results.json", {"meta": meta, "rows": rows})
         table = summarize(rows)
         (work / "table.md").write_text(markdown(table, base_acc))
@@ -134,11 +137,11 @@ def markdown(table: list[dict[str, Any]], base_acc: dict[str, float]) -> str:
     lines = []
     for data in dict.fromkeys(r["dataset"] for r in table):
         lines += [f"### {data} (base, not adapted: {100 * base_acc[data]:.1f}%)", "",
-                  "| method | stored numbers | stored bytes | test accuracy % (mean ± std) | seeds | train s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| method | stored numbers | stored bytes | file bytes | test accuracy % (mean ± std) | seeds | "
+                  "train s |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in sorted((r for r in table if r["dataset"] == data), key=lambda r: r["bytes"]):
-            lines.append(f"| {r['label']} | {r['numbers']:,} | {r['bytes']:,} | {r['acc_mean']:.1f} ± "
-                         f"{r['acc_std']:.1f} | {r['n']} | {r['seconds']:.1f} |")
+            lines.append(f"| {r['label']} | {r['numbers']:,} | {r['bytes']:,} | {r['file_bytes'] or 0:,} | "
+                         f"{r['acc_mean']:.1f} ± {r['acc_std']:.1f} | {r['n']} | {r['seconds']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -153,6 +156,6 @@ def plot(table: list[dict[str, Any]], data: str, path: Path, base_acc: float) ->
         xs.append(r["bytes"])
         ys.append(r["acc_mean"])
         errors.setdefault(r["method"], []).append(r["acc_std"])
-    return line_plot(series, path, "stored bytes (log scale)", "test accuracy %",
+    return line_plot(series, path, "stored bytes: the adapter's tensors (log scale)", "test accuracy %",
                      title=f"{data}: accuracy vs stored bytes (base {100 * base_acc:.1f}% before adapting)",
                      logx=True, errors=errors)
