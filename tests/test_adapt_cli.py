@@ -79,3 +79,16 @@ def test_sweep_writes_table_and_plot(bases, tmp_path, capsys):
     assert (out / "acc_vs_bytes_digits-rotated.png").stat().st_size > 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["label"] for r in rows} == {"nola:40", "linear"}
+
+
+def test_class_split_targets_relabel_the_other_half():
+    from reparam.data import load_dataset
+    from reparam.experiments.adapters.targets import register_adapter_targets
+
+    register_adapter_targets()
+    full, hi = load_dataset("digits", seed=0), load_dataset("digits-5to9", seed=0)
+    rot = load_dataset("digits-0to4-rotated", seed=0)
+    assert hi.num_classes == rot.num_classes == 5 and hi.class_names == full.class_names[5:]
+    assert set(hi.train.tensors[1].tolist()) == {0, 1, 2, 3, 4}
+    n_hi = sum(len(s) for s in (hi.train, hi.val, hi.test))
+    assert n_hi == int(sum((t.tensors[1] >= 5).sum() for t in (full.train, full.val, full.test)))

@@ -40,7 +40,7 @@ DEFAULT_LR = {"nola": 0.05, "pranc": 0.05, "lora": 0.03, "bitfit": 0.3, "linear"
               "peft-lora": 0.03, "peft-vera": 0.03}
 # The harness's NOLA: one alpha and one beta shared by all tensors, rank 8 (chosen with the learning rates)
 NOLA_RANK, NOLA_SHARING, LORA_RANK, BATCH_SIZE = 8, "shared", 4, 32
-PRANC_MATERIALIZE_BYTES = 1 << 28   # PRANC keeps its k x d basis in memory below this, else streams it
+PRANC_MATERIALIZE_BYTES = 1 << 30   # PRANC keeps its k x d basis in memory below this, else streams it
 
 
 @dataclass
