@@ -12,18 +12,21 @@ import torch
 
 from reparam.cli.common import (
     add_runtime_args,
-    float_list,
-    int_list,
-    nonneg_int,
+    fraction_upto_1,
+    list_of,
+    number,
     positive_float,
     positive_int,
     print_table,
+    seed_int,
 )
+from reparam.cli.validate import check_output, names
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import atomic_write_bytes
 from reparam.core.outdir import output_dir, write_json
 from reparam.core.runtime import default_threads, set_threads
 from reparam.data import load_image
+from reparam.data.images import MAX_PIXELS
 from reparam.image import codec
 from reparam.image.fit import FitConfig
 from reparam.image.inr import InrSpec
@@ -41,6 +44,9 @@ def _size(text: str) -> tuple[int, int]:
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; allowed: N or HxW with positive integers")
+    if parts[0] * parts[1] > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"{text!r} has {parts[0] * parts[1]:,} pixels; allowed: at most "
+                                         f"{MAX_PIXELS:,}")
     return parts[0], parts[1]
 
 
@@ -55,20 +61,21 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 def _add_codec_args(p: argparse.ArgumentParser) -> None:
     d, f = InrSpec(), FitConfig()
     g = p.add_argument_group("network and fitting")
-    g.add_argument("--width", type=positive_int, default=d.width, help=f"hidden width (default {d.width})")
-    g.add_argument("--depth", type=positive_int, default=d.depth,
+    g.add_argument("--width", type=number(int, 1, 4096), default=d.width,
+                   help=f"hidden width, 1..4096 (default {d.width})")
+    g.add_argument("--depth", type=number(int, 1, 64), default=d.depth,
                    help=f"hidden layers, each Linear -> LayerNorm -> ReLU (default {d.depth})")
-    g.add_argument("--fourier", type=positive_int, default=d.fourier,
+    g.add_argument("--fourier", type=number(int, 1, 4096), default=d.fourier,
                    help=f"Fourier frequencies M (2M features; default {d.fourier})")
     g.add_argument("--sigma", type=positive_float, default=d.sigma,
                    help=f"Fourier scale, coordinates in [-1, 1] (default {d.sigma})")
-    g.add_argument("--fourier-seed", type=nonneg_int, default=0, help="seed of the Fourier matrix (stored)")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="PRANC basis seed (stored)")
+    g.add_argument("--fourier-seed", type=seed_int, default=0, help="seed of the Fourier matrix (stored)")
+    g.add_argument("--seed", type=seed_int, default=0, help="PRANC basis seed (stored)")
     g.add_argument("--budget-rule", choices=codec.BUDGET_RULES, default="even",
                    help="split of the coefficients over layers (default even, capped at each layer's size)")
     g.add_argument("--steps", type=positive_int, default=f.steps, help=f"Adam steps (default {f.steps})")
     g.add_argument("--lr", type=positive_float, default=f.lr, help=f"Adam learning rate (default {f.lr})")
-    g.add_argument("--fraction", type=positive_float, default=f.fraction,
+    g.add_argument("--fraction", type=fraction_upto_1, default=f.fraction,
                    help=f"share of pixels per step (default {f.fraction})")
 
 
@@ -92,10 +99,8 @@ def _threads(args: argparse.Namespace) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     _threads(args)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise ReparamError(f"output file {out} already exists; choose another -o or pass --overwrite")
-    if out.is_dir():
-        raise ReparamError(f"output {out} is a folder; give a file name such as out.prnc")
+    if args.json:
+        check_output(args.json, option="--json", kind="file", overwrite=True)
     cfg = _config(args)
     x = _load(args)
     c, h, w = x.shape
@@ -132,11 +137,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise ReparamError(f"output {out} must be a .png file (lossless, so the decode is kept bit-exact)")
-    if out.exists() and not args.overwrite:
-        raise ReparamError(f"output file {out} already exists; choose another -o or pass --overwrite")
     dec = codec.decode(args.file, top=args.top)
-    atomic_write_bytes(out, codec.png_bytes(dec.image))
     c, h, w = dec.header["image"]
+    ref = None
+    if args.compare:   # read (or refuse) the reference before the PNG is written
+        ref = load_image(args.compare, size=(h, w), mode="L" if c == 1 else "RGB")
+    atomic_write_bytes(out, codec.png_bytes(dec.image))
     size = Path(args.file).stat().st_size
     rows = [("image", f"{w}x{h}, {c} channel(s)"), ("file", f"{size} bytes, {size * 8 / (h * w):.4f} true bpp"),
             ("coefficients used", f"{dec.kept} of {sum(dec.header['budgets'])}"),
@@ -149,8 +155,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     else:
         rows.append(("bit-exact", "yes (matches the encoder's CRC32)" if dec.bit_exact else
                      "NO: this machine's float arithmetic differs from the encoder's"))
-    if args.compare:
-        ref = load_image(args.compare, size=(h, w), mode="L" if c == 1 else "RGB")
+    if ref is not None:
         ref = from_uint8((ref * 255).round().to(torch.uint8))
         q = quality(ref, from_uint8(dec.image))
         rows += [("PSNR vs reference", f"{q['psnr']:.2f} dB"), (q["msssim_kind"].upper(), f"{q['msssim']:.4f}")]
@@ -184,7 +189,7 @@ def cmd_rd(args: argparse.Namespace) -> int:
     from reparam.experiments.image import rd
 
     _threads(args)
-    codecs = rd.parse_codecs(args.codecs)
+    codecs = rd.parse_codecs(names(args.codecs, rd.CODECS, "--codecs", "codec"))
     if args.bpp and args.coefficients:
         raise ReparamError("give either --bpp or --coefficients, not both")
     if any(b <= 0 for b in args.bpp or []) or any(k <= 0 for k in args.coefficients or []):
@@ -241,7 +246,8 @@ def register(subparsers) -> None:
     d = sub.add_parser("decode", help="rebuild the image from a .prnc file alone")
     d.add_argument("file", help="a .prnc image file")
     d.add_argument("-o", "--output", required=True, help="output .png")
-    d.add_argument("--top", type=positive_float, default=None,
+    d.add_argument("--top", type=number(float, 0, 100, lo_open=True, allowed="a percentage in (0, 100]"),
+                   default=None,
                    help="progressive decoding: keep only the largest P%% coefficients of every layer")
     d.add_argument("--compare", default=None, help="reference image: print PSNR and (MS-)SSIM against it")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -257,8 +263,9 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, help="output folder (rd.json, rd_psnr.png, rd_msssim.png)")
     r.add_argument("--codecs", default=",".join(("prnc", "inr", "jpeg", "webp")),
                    help="comma-separated: prnc, inr, jpeg, webp, jp2 (default prnc,inr,jpeg,webp)")
-    r.add_argument("--bpp", type=float_list, default=None, help="target true bpp list for prnc (and inr)")
-    r.add_argument("--coefficients", type=int_list, default=None,
+    r.add_argument("--bpp", type=list_of(positive_float, what="positive numbers"), default=None,
+                   help="target true bpp list for prnc (and inr)")
+    r.add_argument("--coefficients", type=list_of(positive_int, what="positive integers"), default=None,
                    help="k list for prnc (default without --bpp: 1/32, 1/16, 1/8, 1/4 of the dense network)")
     _add_codec_args(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -77,6 +77,26 @@ def _exact_claims(model_name: str) -> list[Claim]:
     ]
 
 
+def _flops_curve(r) -> tuple[list[float], list[float]]:
+    """(normalised FLOPs spent, val accuracy %) at each epoch end of a run, and at the growth step."""
+    led = r.ledger
+    ref = led["full_epochs"] * led["target_macs"]
+    phases = {p["name"]: p for p in led["phases"] if p["name"] != "net1"}
+    xs, ys, spent = [], [], 0.0
+    for name, p in phases.items():
+        if name == "grown" and "grown_val_acc_at_growth" in r.extra:   # right after the growth step
+            xs.append(spent)
+            ys.append(100 * r.extra["grown_val_acc_at_growth"])
+        recs = [h for h in r.history if h.get("phase") == name]
+        for i, h in enumerate(recs):
+            # whole epochs, except the last of a phase planned in steps (its images: epochs - (n - 1))
+            share = (p["epochs"] - (len(recs) - 1)) if i == len(recs) - 1 else 1.0
+            spent += share * p["macs"] / ref
+            xs.append(spent)
+            ys.append(100 * h["val_acc"])
+    return xs, ys
+
+
 def _pp(d: dict) -> str:
     p = "n/a" if d["p"] is None else f"{d['p']:.3f}"
     return f"diff {100 * d['mean']:+.2f} pts, positive on {d['wins']}/{d['n']} seeds, p = {p}"
@@ -115,6 +135,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     secs: dict[str, list[float]] = {m: [] for m in methods}
     at_growth: dict[str, list[float]] = {"orthogonal": [], "random": [], "copy": []}
     flops: dict[str, float] = {}
+    curves: dict[str, tuple[list[float], list[float]]] = {}
     train_flops: dict[str, float] = {}
     cache = (ctx.work_dir / "mixturegrowth-cache") if ctx.work_dir else None
     for seed in seeds:
@@ -127,6 +148,8 @@ def run(ctx: ReproduceContext) -> MethodReport:
             secs[m].append(sum(h.get("seconds", 0.0) for h in r.history))
             flops[m] = r.flops_norm
             train_flops[m] = r.ledger["train_flops"]
+            if seed == seeds[0] and m != "large":
+                curves[m] = _flops_curve(r)
             if m == "mixturegrowth":
                 # Fig. 3b: the same two trained members grown with each init, measured right at growth.
                 at_growth["orthogonal"].append(r.extra["grown_test_acc_at_growth"])
@@ -154,6 +177,9 @@ def run(ctx: ReproduceContext) -> MethodReport:
               "training FLOPs spent (ledger; 1.0 = target trained E epochs, net 1 free)",
               "test accuracy (%)", title=f"accuracy vs training FLOPs ({data}, {model_name}, E = {epochs})",
               errors={m: [100 * statistics.stdev(acc[m]) if len(acc[m]) > 1 else 0.0] for m in methods})
+    curve_plot = "mg_acc_through_growth.png"
+    line_plot(curves, ctx.out_dir / curve_plot, "training FLOPs spent (1.0 = target, E epochs)",
+              "validation accuracy (%)", title=f"val accuracy vs FLOPs, through growth (seed {seeds[0]})")
     d_fus = paired(acc["mixturegrowth"], acc["wo-fusion"])
     best_base = [max(a, b) for a, b in zip(acc["random"], acc["net2net"])]
     d_base = paired(acc["mixturegrowth"], best_base)
@@ -177,7 +203,8 @@ def run(ctx: ReproduceContext) -> MethodReport:
               f"{_ms(acc['net2net'])} ({_pp(d_base)})", setting, paired_verdict(d_base),
               stat + " (against the better baseline of each seed)",
               details={"random": acc["random"], "net2net": acc["net2net"], "flops_norm": flops,
-                       "train_flops": train_flops, "test_acc": acc}, plots=[plot], command=cmd),
+                       "train_flops": train_flops, "test_acc": acc, "curves_seed0": curves},
+              plots=[plot, curve_plot], command=cmd),
         Claim(METHOD, "mg-beats-large-match",
               "MixtureGrowth beats the target network trained from scratch with the same FLOPs (Large Match).",
               "CIFAR-100 81.50 vs 80.95 %", "0.45X",
