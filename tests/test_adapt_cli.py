@@ -46,21 +46,52 @@ def test_eval_against_another_base_exits_2_with_one_line(bases, tmp_path, capsys
     assert err.count("\n") == 1 and "other base weights" in err
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--method", "nola", "--k", "1"], "too small"),
-    (["--method", "nola", "--k", "7", "--sharing", "per-layer"], "too small"),
-    (["--method", "linear", "--layers", "head"], "--layers restricts"),
-    (["--method", "linear", "--coef-dtype", "int4"], "is for nola and pranc"),
-    (["--method", "nola", "--coef-dtype", "int1"], "unknown coefficient dtype"),
-    (["--method", "nola", "--data", "cifar-nope"], "unknown dataset"),
-    (["--method", "nola", "--data", "digits-0to4"], "the base has 10 classes"),
+@pytest.fixture(scope="module")
+def adapter(bases, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter") / "a"
+    assert main(["adapt", "train", "--from", str(bases / "base0"), "--method", "nola", "--k", "40",
+                 "--data", "digits-rotated", "--out", str(out), *TINY]) == 0
+    return out / "adapter.safetensors"
+
+
+TRAIN = ["adapt", "train", "--from", "{base}", "--data", "digits-rotated", "--out", "{out}", *TINY]
+SWEEP = ["adapt", "sweep", "--from", "{base}", "--data", "digits-rotated", "--methods", "nola:40", "--out", "{out}",
+         *TINY]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (TRAIN + ["--method", "nola", "--k", "1"], "too small"),
+    (TRAIN + ["--method", "nola", "--k", "7", "--sharing", "per-layer"], "too small"),
+    (TRAIN + ["--method", "linear", "--layers", "head"], "--layers restricts"),
+    (TRAIN + ["--method", "nola", "--layers", "conv("], "not a regular expression"),
+    (TRAIN + ["--method", "linear", "--coef-dtype", "int4"], "is for nola and pranc"),
+    (TRAIN + ["--method", "nola", "--coef-dtype", "int1"], "--coef-dtype: invalid choice"),
+    (TRAIN + ["--method", "nola", "--quant-bits", "9"], "--quant-bits"),
+    (TRAIN + ["--method", "nola", "--seed", "-1"], "--seed"),
+    (TRAIN + ["--method", "nola", "--data-seed", "x"], "--data-seed"),
+    (TRAIN + ["--method", "nola", "--lr", "nan"], "--lr"),
+    (TRAIN + ["--method", "nola", "--data", "cifar-nope"], "unknown dataset"),
+    (TRAIN + ["--method", "nola", "--data", "digits-0to4"], "the base has 10 classes"),
+    (TRAIN + ["--method", "nola", "--from", "{out}"], "--from"),
+    (TRAIN + ["--method", "nola", "--out", "{base}"], "already exists"),
+    (["adapt", "eval", "{out}.safetensors", "--base", "{base}"], "file not found"),
+    (["adapt", "eval", "{adapter}", "--base", "{out}"], "--base"),
+    (["adapt", "eval", "{base}/model.safetensors", "--base", "{base}"], "not an adapter"),
+    (SWEEP + ["--data", "digits-rotated,,digits-noisy"], "empty item"),
+    (SWEEP + ["--data", "digits-rotated,digits-rotated"], "twice"),
+    (SWEEP + ["--methods", "nola:40,,linear"], "empty item"),
+    (SWEEP + ["--methods", "nola:40,nola:40"], "lists nola:40 twice"),
+    (SWEEP + ["--methods", "nola:x"], "must be an integer"),
+    (SWEEP + ["--methods", "linear:3"], "takes no size"),
+    (SWEEP + ["--val-fraction", "1.5"], "--val-fraction"),
+    (SWEEP + ["--resume"], "nothing to resume"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(bases, tmp_path, capsys, bad, message):
-    out = tmp_path / "x"
-    args = ["adapt", "train", "--from", str(bases / "base0"), "--data", "digits-rotated", "--out", str(out), *TINY]
-    assert main(args + bad) == 2
+def test_bad_input_is_one_line_and_writes_nothing(bases, adapter, tmp_path, capsys, argv, message):
+    argv = [a.format(base=bases / "base0", out=tmp_path / "x", adapter=adapter) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err, err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -29,7 +29,7 @@ def parse_specs(text: str | None) -> list[tuple[str, int | None]]:
     out = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
-            continue
+            raise ReparamError(f"--methods {text!r} has an empty item; give comma-separated METHOD[:SIZE]")
         method, _, size = item.partition(":")
         runs.check_method(method)
         if runs.SIZED.get(method):
@@ -44,8 +44,9 @@ def parse_specs(text: str | None) -> list[tuple[str, int | None]]:
             if size:
                 raise ReparamError(f"--methods item {item!r}: {method} takes no size")
             out.append((method, None))
-    if not out:
-        raise ReparamError("--methods names no method")
+    dup = next((label(*o) for i, o in enumerate(out) if o in out[:i]), None)
+    if dup is not None:
+        raise ReparamError(f"--methods {text!r} lists {dup} twice; each may appear once")
     if any(m in runs.PEFT_METHODS for m, _ in out) and not peft_available():
         raise ReparamError("peft is not installed: pip install 'reparam[peft]' for peft-lora / peft-vera, or leave "
                            "them out of --methods")
