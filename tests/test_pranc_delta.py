@@ -16,6 +16,7 @@ from reparam import pranc
 from reparam.core import adapter as ad
 from reparam.core.errors import ReparamError
 from reparam.pranc import adapter as pa
+from reparam.pranc import config as pranc_config
 from reparam.pranc.fileio import save_prnc
 
 
@@ -117,3 +118,23 @@ def test_delta_mode_settings_are_checked():
     with pytest.raises(ReparamError, match="delta must be True or False"):
         pranc.Config(k=5, delta=1)
     assert pranc.Config(k=5).init == "e0" and pranc.Config(k=5, delta=True).init == "zero"
+
+
+# Every basis PRANC has (the i.i.d. one; the structured Fastfood basis where this branch has it): the delta adds
+# to the pretrained tensor whichever basis generates it.
+BASES = getattr(pranc_config, "BASES", ("iid",))
+
+
+@pytest.mark.parametrize("basis", BASES)
+def test_every_basis_starts_at_the_base_and_rebuilds_from_the_file(basis, tmp_path):
+    base = base_model()
+    model = copy.deepcopy(base)
+    h = apply(model, **({} if basis == "iid" else {"basis": basis}))
+    assert torch.equal(out(model), out(base))
+    train(model, h)
+    adapted = out(model)
+    assert not torch.equal(adapted, out(base)) and ad.fingerprint(model) == ad.fingerprint(base)
+    pa.save_adapter(tmp_path / "a.safetensors", model)
+    fresh = copy.deepcopy(base)
+    pa.load_adapter(tmp_path / "a.safetensors", fresh)
+    assert torch.equal(out(fresh), adapted)
