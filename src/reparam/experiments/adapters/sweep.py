@@ -158,5 +158,5 @@ def plot(table: list[dict[str, Any]], data: str, path: Path, base_acc: float) ->
         ys.append(r["acc_mean"])
         errors.setdefault(r["method"], []).append(r["acc_std"])
     return line_plot(series, path, "stored bytes: the adapter's tensors (log scale)", "test accuracy %",
-                     title=f"{data}: accuracy vs stored bytes (base {100 * base_acc:.1f}% before adapting)",
+                     title=f"{data}: accuracy vs stored bytes\n(base before adapting: {100 * base_acc:.1f}%)",
                      logx=True, errors=errors)
