@@ -15,9 +15,11 @@ def doc_path(guide: str) -> Path:
     return DOCS / f"{guide}.md"
 
 
-def own_loop_code(guide: str) -> str:
+def own_loop_code(guide: str, test: str | None = None) -> str:
+    """The example of docs/<guide>.md; `test` names the test file's method when it is not the guide's name
+    (docs/adapters.md's example is run by tests/test_nola_protocol.py)."""
     text = doc_path(guide).read_text()
-    marker = MARKER.format(guide)
+    marker = MARKER.format(test or guide)
     if marker not in text:
         raise AssertionError(f"docs/{guide}.md has no line {marker!r}")
     return re.search(r"```python\n(.*?)```", text[text.index(marker):], re.S).group(1)

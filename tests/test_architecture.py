@@ -71,7 +71,7 @@ def test_the_check_catches_a_library_module_importing_the_harness(tmp_path, monk
     assert len(found) == 2 and "a layer above it" in found[1] and "imports method" in found[0]
 
 
-@pytest.mark.parametrize("package", ["pranc", "compander", "trp", "tickets", "mixturegrowth"])
+@pytest.mark.parametrize("package", ["pranc", "compander", "trp", "tickets", "mixturegrowth", "nola"])
 def test_method_packages_hold_no_command_line_or_reproduce_code(package):
     names = {p.name for p in (SRC / package).glob("*.py")}
     assert not names & {"cli.py", "reproduce.py", "experiments.py", "compare.py", "pipeline.py"}

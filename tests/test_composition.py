@@ -5,7 +5,8 @@ Defined chains (first applied, then second):
     pranc -> compander   w = a * arctan(theta / b): the compander bounds the generated weights
     pranc -> tickets     w = theta * mask: a sparse generated network
     compander -> tickets w = Psi(v) * mask
-Everything else, a method twice included, is refused.
+Everything else, a method twice included, is refused. NOLA (an adapter over a frozen base) composes with
+nothing: it goes on plain tensors only, and nothing goes on a NOLA tensor (fold it into the base first).
 """
 
 import warnings
@@ -13,11 +14,11 @@ import warnings
 import pytest
 import torch
 
-from reparam import compander, mixturegrowth, pranc, tickets, trp
+from reparam import compander, mixturegrowth, nola, pranc, tickets, trp
 from reparam.core.errors import ReparamError
 from reparam.mixturegrowth import build_wrn
 
-METHODS = ["pranc", "compander", "trp", "tickets", "mixturegrowth"]
+METHODS = ["pranc", "compander", "trp", "tickets", "mixturegrowth", "nola"]
 CHAINS = {("pranc", "compander"), ("pranc", "tickets"), ("compander", "tickets")}
 LAYER = "stage_1.0.conv2"          # a 3x3, non-stem conv every method takes by default
 X = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -39,6 +40,8 @@ def _apply(method, model):
             return trp.apply(model, trp.Config(energy=0.3))
         if method == "tickets":
             return tickets.apply(model, tickets.Config(sparsity=0.5))
+        if method == "nola":
+            return nola.apply(model, nola.Config(k=4, rank=2))
         return mixturegrowth.apply(model, mixturegrowth.Config())
 
 

@@ -18,13 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import reparam
-from reparam import compander, mixturegrowth, pranc, tickets, trp
+from reparam import compander, mixturegrowth, nola, pranc, tickets, trp
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_model_state, save_model
 from reparam.core.protocol import methods_on
 from reparam.models import build_model
 
-METHODS = {"pranc": pranc, "compander": compander, "trp": trp, "tickets": tickets, "mixturegrowth": mixturegrowth}
+METHODS = {"pranc": pranc, "compander": compander, "trp": trp, "tickets": tickets, "mixturegrowth": mixturegrowth,
+           "nola": nola}
 
 
 class Foreign(nn.Module):
@@ -78,8 +79,9 @@ CONFIGS = {
     "trp": lambda: trp.Config(energy=0.1, period=2),
     "tickets": lambda: tickets.Config(sparsity=0.5, linear=True),
     "mixturegrowth": lambda: mixturegrowth.Config(),
+    "nola": lambda: nola.Config(k=8, rank=2, seed=3),
 }
-LR = {"pranc": 0.05, "compander": 0.05, "trp": 0.05, "tickets": 0.05, "mixturegrowth": 0.05}
+LR = {"pranc": 0.05, "compander": 0.05, "trp": 0.05, "tickets": 0.05, "mixturegrowth": 0.05, "nola": 0.05}
 
 
 def _filter(kind: str, method: str):

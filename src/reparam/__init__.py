@@ -1,7 +1,7 @@
 """reparam: networks whose weights are generated rather than stored.
 
     import reparam
-    from reparam import pranc, compander, trp, tickets, mixturegrowth
+    from reparam import pranc, compander, trp, tickets, mixturegrowth, nola
     handle = compander.apply(model, compander.Config(a=0.8, b=0.5))   # every method: Config, apply, fold
     reparam.summary(model)                                              # tensor | method | dense | stored
 
@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-METHODS = ("pranc", "compander", "trp", "tickets", "mixturegrowth")
+METHODS = ("pranc", "compander", "trp", "tickets", "mixturegrowth", "nola")
 _LAZY = {**{m: f"reparam.{m}" for m in METHODS}, "image": "reparam.image"}
 
 

@@ -46,6 +46,19 @@ def add_select_on(p: argparse.ArgumentParser) -> None:
                         "(default), last = the final epoch")
 
 
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    """A JSON object given on the command line (e.g. --model-options); one line naming the flag otherwise."""
+    import json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise ReparamError(f"{flag} {text!r} is not a JSON object")
+    return obj
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: $REPARAM_THREADS or 1)")

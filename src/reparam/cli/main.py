@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "reparam.cli.trp",
     "reparam.cli.compander",
     "reparam.cli.tickets",
+    "reparam.cli.adapt",
     "reparam.cli.reproduce",
 ]
 

@@ -10,7 +10,7 @@ To add a model: write a builder `fn(*, num_classes, in_channels, image_size, mea
 build_model rejects options the builder does not name.
 """
 
-from reparam.models import cnn, fourier, lenet, mlp, resnet, resnet_cifar, vgg, wrn  # noqa: F401  (register)
+from reparam.models import cnn, fourier, lenet, mlp, resnet, resnet_cifar, rowformer, vgg, wrn  # noqa: F401
 from reparam.models.base import Classifier, Normalize, replace_head
 from reparam.models.fourier import FourierMLP, coords
 from reparam.models.registry import (

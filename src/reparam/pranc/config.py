@@ -10,7 +10,7 @@ from reparam.core.errors import ReparamError
 MODES = ("materialized", "streamed")
 BASES = ("iid", "fastfood")
 DISTRIBUTIONS = ("default-init", "gaussian")
-INITS = ("e0", "l1-randn")
+INITS = ("e0", "l1-randn", "zero")
 BUDGET_RULES = ("proportional", "uniform")
 OTHER_PARAMS = ("train", "freeze")
 
@@ -34,12 +34,17 @@ class PrancConfig:
                   regenerates `chunk` rows at a time in forward and backward (extra memory O(chunk*d)).
     chunk:        rows per generated chunk in streamed mode (and for reconstruction).
     init:         "e0" = alpha (1, 0, ..., 0) per block, training starts at basis network 0 (official
-                  code); "l1-randn" = randn normalised to unit L1 norm per block (official otf path).
+                  code); "l1-randn" = randn normalised to unit L1 norm per block (official otf path);
+                  "zero" = all zeros. None (default): "e0", or "zero" in delta mode.
     other_params: non-basis parameters other than BatchNorm (LayerNorm/GroupNorm affine, ...): "train"
                   (trained directly, stored, counted) or "freeze" (kept at their initial values, stored).
                   BatchNorm affine parameters are always trained directly and stored, as in the paper.
     exclude_state: state_dict name prefixes not stored in the file because the architecture rebuilds them
                   deterministically (e.g. a Fourier-feature matrix derived from a seed).
+    delta:        False: the basis tensors are generated, theta = sum_j alpha_j basis_j (the layers' values are
+                  replaced). True: fine-tuning a pretrained model, W = W_pretrained + sum_j alpha_j basis_j with
+                  W_pretrained kept (frozen) as the parametrization's original, alpha starting at zero (the
+                  adapted model starts at the pretrained function) and every other parameter frozen.
     """
 
     k: int = 1000
@@ -50,12 +55,15 @@ class PrancConfig:
     budgets: None | str | dict[str, int] | list[int] = None
     mode: str = "materialized"
     chunk: int = 64
-    init: str = "e0"
+    init: str | None = None
     include_bias: bool = True
     other_params: str = "train"
     exclude_state: list[str] = field(default_factory=list)
+    delta: bool = False
 
     def __post_init__(self) -> None:
+        if self.init is None:
+            self.init = "zero" if self.delta is True else "e0"
         self.validate()
 
     def validate(self) -> PrancConfig:
@@ -75,6 +83,11 @@ class PrancConfig:
             raise ReparamError(f"chunk must be a positive integer, got {self.chunk!r}")
         if self.init not in INITS:
             raise ReparamError(f"unknown coefficient init {self.init!r}; allowed: {', '.join(INITS)}")
+        if not isinstance(self.delta, bool):
+            raise ReparamError(f"delta must be True or False, got {self.delta!r}")
+        if self.delta and self.init != "zero":
+            raise ReparamError(f"init {self.init!r} is not allowed in delta mode: the adapted model starts at the "
+                               "pretrained one, so alpha starts at zero (init 'zero', the default)")
         if self.other_params not in OTHER_PARAMS:
             raise ReparamError(f"other_params {self.other_params!r} is not allowed; allowed: "
                                f"{', '.join(OTHER_PARAMS)}")

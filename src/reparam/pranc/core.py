@@ -53,7 +53,7 @@ class PrancCoefficients(nn.Module):
         if config.init == "e0":
             for b in blocks:
                 alpha[b.alpha_offset] = 1.0
-        else:
+        elif config.init == "l1-randn":   # "zero" (delta mode) keeps the zeros
             g = torch.Generator().manual_seed(generator.mix64_int(config.seed) & 0x7FFFFFFFFFFFFFFF)
             for b in blocks:
                 a = torch.randn(b.k, generator=g)
@@ -201,7 +201,8 @@ class PrancCoefficients(nn.Module):
 
 
 class PrancTensor(nn.Module):
-    """Parametrization of one basis tensor. Its `original` is an empty placeholder (nothing dense is kept)."""
+    """Parametrization of one basis tensor. Its `original` is an empty placeholder (nothing dense is kept), or
+    in delta mode the pretrained tensor (frozen): the weight is then original + the generated delta."""
 
     reparam_method = "pranc"
 
@@ -231,6 +232,13 @@ class PrancTensor(nn.Module):
                 core._tensors[0].core = core
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
+        generated = self.generated()
+        # delta mode: whichever basis generates it, the delta adds to the pretrained tensor; alpha = 0
+        # gives +0.0 and the pretrained weights exactly
+        return original + generated if self._core.config.delta else generated
+
+    def generated(self) -> torch.Tensor:
+        """The generated tensor (the whole weight, or the delta in delta mode)."""
         core, seg = self._core, self.seg
         basis = core.basis
         if core.shard is not None and self.training:   # several processes: each generates only its rows
@@ -245,7 +253,7 @@ class PrancTensor(nn.Module):
         return core.exact_segment(seg)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
-        return value.new_empty(0)
+        return value if self._core.config.delta else value.new_empty(0)
 
     def extra_repr(self) -> str:
         return f"{self.seg.tensor} {list(self.seg.shape)} <- block {self.seg.block} cols {self.seg.offset}+"
@@ -297,7 +305,11 @@ def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: 
         parametrize.register_parametrization(m, seg.tensor, PrancTensor(core, seg, i, holds_core=i == 0),
                                              unsafe=True)
         getattr(m.parametrizations, seg.tensor).original.requires_grad_(False)
-    if config.other_params == "freeze":
+    if config.delta:   # fine-tuning: alpha is the only trainable number, the pretrained model stays as it is
+        for p in model.parameters():
+            if p is not core.alpha:
+                p.requires_grad_(False)
+    elif config.other_params == "freeze":
         for name, m in model.named_modules():
             if _is_batchnorm(m) or ".parametrizations." in f".{name}.":   # PRANC's own alpha stays trainable
                 continue
@@ -310,12 +322,18 @@ def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: 
 def apply(model: nn.Module, config: PrancConfig | None = None, filter_fn: FilterFn | None = None) -> Applied:
     """PRANC on `model` in place (see apply_pranc); returns the handle. `handle.extra["core"]` is the
     coefficient module (also `pranc_core(model)`). PRANC needs no training hooks: train alpha (and the
-    BatchNorm parameters) with any optimizer over model.parameters()."""
+    BatchNorm parameters) with any optimizer over model.parameters(). Delta mode has one, which keeps the
+    pretrained BatchNorm statistics (`reparam.train.hooks.KeepNormStatistics`)."""
     core = apply_pranc(model, config, filter_fn)
     rest, dense_total = report_left_dense("pranc", model)
     layers = list(dict.fromkeys(s.module for s in core.segments))
+    hooks, what = [], f"seed + {core.k:,} coefficients"
+    if core.config.delta:   # the base's BatchNorm statistics are part of the pretrained function
+        from reparam.train.hooks import KeepNormStatistics
+
+        hooks, what = [KeepNormStatistics(model)], what + " over the pretrained weights"
     return Applied("pranc", core.config, layers, [s.state_name for s in core.segments], core.k,
-                   f"seed + {core.k:,} coefficients", dense_total, rest, extra={"core": core})
+                   what, dense_total, rest, hooks=hooks, extra={"core": core})
 
 
 def pranc_core(model: nn.Module) -> PrancCoefficients:
@@ -339,7 +357,8 @@ def set_inference(model: nn.Module, policy: str = "block") -> None:
 
 def fold(model: nn.Module) -> nn.Module:
     """Plain parameters holding the exact (canonical) weights, bit-identical to what the file decodes to;
-    drops alpha. A method chained on a PRANC tensor (the compander, masks) is baked in with it."""
+    drops alpha. A method chained on a PRANC tensor (the compander, masks) is baked in with it. In delta
+    mode this merges: pretrained + delta become the layer's (trainable) weights."""
     pranc_core(model)
     was_training = model.training
     bake_method(model, "pranc")

@@ -126,6 +126,9 @@ def save_prnc(path: str | Path, model: nn.Module, *, architecture: dict[str, Any
     """Write `model`'s PRANC signature. With coef_dtype float16, alpha is rounded to fp16 in the file
     (call `round_alpha(model, "float16")` first if the model should evaluate with the same values)."""
     core = pranc_core(model)
+    if core.config.delta:
+        raise ReparamError("a delta-mode PRANC model is an adapter over its pretrained base, which a .prnc file "
+                           "does not hold: save it with reparam.pranc.adapter.save_adapter")
     _check_pranc_only(model)
     if coef_dtype not in COEF_DTYPES:
         raise ReparamError(f"unknown coefficient dtype {coef_dtype!r}; allowed: float32, float16")

@@ -59,7 +59,7 @@ class MethodReport:
 FULL_DATASET = "fashion-mnist"
 DATA_TITLES = {"digits": "digits", "fashion-mnist": "Fashion-MNIST"}   # how reports name the data sets
 FULL_TRAIN_SUBSET = {"dense": 10_000, "pranc": 5_000, "mixturegrowth": 5_000, "trp": 3_000, "compander": 1_000,
-                     "tickets": 3_000}
+                     "tickets": 3_000, "adapters": 5_000}
 FULL_VAL_FRACTION = 0.02        # 1,200 of the 60,000 train images
 # tiny + full: the test suite's smoke test of the full-mode code path (seconds per method)
 TINY_FULL_SUBSET = 100

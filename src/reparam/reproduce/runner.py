@@ -22,6 +22,7 @@ METHODS = {
     "trp": "reparam.reproduce.trp",
     "compander": "reparam.reproduce.compander",
     "tickets": "reparam.reproduce.tickets",
+    "adapters": "reparam.reproduce.adapters",
 }
 
 

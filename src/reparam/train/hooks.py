@@ -63,6 +63,25 @@ class Hook:
         pass
 
 
+_RUNNING_STATS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
+
+
+class KeepNormStatistics(Hook):
+    """Fine-tuning over a frozen base (PRANC's delta mode, NOLA, adapters): the normalization layers stay in
+    eval mode while training, so their running statistics remain the pretrained model's and the base is
+    left exactly as it was. `before_forward` switches them back after every model.train()."""
+
+    def __init__(self, model: torch.nn.Module | None = None):
+        self.model = model
+
+    def before_forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model is not None:
+            for m in self.model.modules():
+                if isinstance(m, _RUNNING_STATS) and m.training:
+                    m.eval()
+        return x, y
+
+
 class HookCallback(Callback):
     """Runs a Hook inside reparam's Trainer, at the points the own-loop recipe calls it."""
 
