@@ -120,9 +120,10 @@ def test_delta_mode_settings_are_checked():
     assert pranc.Config(k=5).init == "e0" and pranc.Config(k=5, delta=True).init == "zero"
 
 
-# Every basis PRANC has (the i.i.d. one; the structured Fastfood basis where this branch has it): the delta adds
-# to the pretrained tensor whichever basis generates it.
-BASES = getattr(pranc_config, "BASES", ("iid",))
+# Every basis PRANC has (i.i.d. and Fastfood): the delta adds to the pretrained tensor whichever basis
+# generates it.
+BASES = pranc_config.BASES
+assert "fastfood" in BASES
 
 
 @pytest.mark.parametrize("basis", BASES)
