@@ -72,6 +72,36 @@ def full_psnr(model: nn.Module, xy: torch.Tensor, rgb: torch.Tensor, chunk: int 
     return _psnr_of_mse(float(torch.mean((out - rgb) ** 2)))
 
 
+class Adam:
+    """Adam (Kingma & Ba; torch.optim.Adam's update without weight decay or amsgrad) in a few lines.
+
+    Why not torch.optim.Adam: constructing the first torch optimizer in a process imports torch._dynamo,
+    several seconds that an image encode (a few tens of seconds in all) should not pay."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(1 - b2 ** self.t)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-lr / (1 - b1 ** self.t))
+
+
 def _lr_factor(cfg: FitConfig, step: int) -> float:
     """Multiplier of the learning rate after `step` optimizer steps: linear warm-up, then cosine to 0."""
     if step < cfg.warmup:
@@ -101,8 +131,7 @@ def fit_inr(model: nn.Module, image: torch.Tensor, config: FitConfig | None = No
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ReparamError("the model has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
+    opt = Adam(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     model.train()
@@ -119,13 +148,12 @@ def fit_inr(model: nn.Module, image: torch.Tensor, config: FitConfig | None = No
             if before_step is not None:
                 before_step(step)
             loss = torch.mean((model(xy[idx]) - rgb[idx]) ** 2)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             model.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
                 after_backward()
-            opt.step()
-            sched.step()
+            opt.step(cfg.lr * _lr_factor(cfg, step - 1))
             lv = loss.detach().item()
             if not math.isfinite(lv):
                 raise TrainingDiverged(f"INR fit diverged at step {step} (loss {lv})")
@@ -136,6 +164,6 @@ def fit_inr(model: nn.Module, image: torch.Tensor, config: FitConfig | None = No
             bar.advance(task)
     if before_step is not None:
         before_step(cfg.steps + 1)   # the model holds the values of the final parameters
-    grad_sq = [opt.state[p]["exp_avg_sq"].detach().clone() for p in params]
+    grad_sq = [v.clone() for v in opt.exp_avg_sq]
     return FitResult(psnr=full_psnr(model, xy, rgb) if before_step is not None else history[-1]["psnr"],
                      seconds=time.perf_counter() - t0, steps=cfg.steps, history=history, grad_sq=grad_sq)

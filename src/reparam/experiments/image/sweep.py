@@ -99,8 +99,9 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
                 rows.append(row)
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                log(f"{setting} {name} {bpp}: {row['bpp']:.3f} bpp, {q['psnr']:.2f} dB (float {enc.float_psnr:.2f}), "
-                    f"JPEG {j if j is None else round(j, 2)}, {cpu:.0f} CPU s")
+                if log is not None:
+                    log(f"{setting} {name} {bpp}: {row['bpp']:.3f} bpp, {q['psnr']:.2f} dB "
+                        f"(float {enc.float_psnr:.2f}), JPEG {j if j is None else round(j, 2)}, {cpu:.0f} CPU s")
     return rows
 
 
