@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from reparam import mixturegrowth
 from reparam.core.errors import ReparamError
 from reparam.experiments.mixturegrowth.baselines import widen
 from reparam.experiments.mixturegrowth.cka import linear_cka
@@ -476,3 +477,34 @@ def test_macs_equal_the_old_analytic_count():
         assert forward_macs(m, (1, 8, 8)) == 693_376            # template generation is not counted
     grow(m)
     assert forward_macs(m, (1, 8, 8)) == 2_763_008
+
+
+def test_budget_planned_in_steps_spends_the_budget_to_half_a_step():
+    """Whole epochs at E = 10 missed 0.45X by up to 0.05X; steps match it for every method."""
+    from reparam.mixturegrowth.flops import epochs_of_steps, match_steps
+
+    n, batch, e = 1437, 64, 10
+    half_step = 0.5 * (batch / n) / e
+    for ratio in (0.2529, 0.25, 0.31):
+        for fraction in (1.0, 0.9, 0.0):
+            plan = solve_budget(0.45, fraction, ratio, e, n_train=n, batch_size=batch)
+            assert abs(plan.spent - 0.45) <= half_step + 1e-12
+            led = ledger([Phase("net2", plan.net2_epochs, ratio), Phase("grown", plan.grown_epochs, 1.0)], 1.0, e)
+            assert abs(led.normalized - plan.spent) < 1e-12
+        steps = match_steps(0.45, ratio, e, n, batch)
+        assert abs(epochs_of_steps(steps, n, batch) * ratio / e - 0.45) <= half_step * ratio + 1e-12
+    assert epochs_of_steps(23, n, batch) == 1.0 and epochs_of_steps(24, n, batch) == 1 + 64 / n
+
+
+def test_stacked_template_init_is_the_official_codes_sqrt_out_times_smaller():
+    from reparam.mixturegrowth.layers import _kaiming_templates
+
+    torch.manual_seed(0)
+    per = _kaiming_templates(2, (64, 32, 3, 3))
+    torch.manual_seed(0)
+    stacked = _kaiming_templates(2, (64, 32, 3, 3), "stacked")
+    # std = sqrt(2 / fan_in): fan_in 32*9 per template, 64*32*9 over the stack
+    assert per.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.02)
+    assert stacked.std().item() == pytest.approx((2 / (64 * 32 * 9)) ** 0.5, rel=0.02)
+    with pytest.raises(ReparamError, match="template_init"):
+        mixturegrowth.Config(template_init="official")

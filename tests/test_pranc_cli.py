@@ -41,7 +41,7 @@ def test_train_eval_decode_inspect(tmp_path, capsys):
 
 def test_bad_input_exit_code_2(tmp_path, capsys):
     assert main(["pranc", "train", "--k", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "k must be a positive" in capsys.readouterr().err
+    assert "--k: 0 is not allowed; allowed: a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     junk = tmp_path / "junk.prnc"
     junk.write_bytes(b"not a file at all")

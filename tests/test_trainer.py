@@ -140,3 +140,19 @@ def test_cuda_training_returns_model_home_and_matches_cpu():
     ref = Trainer(_model(dropout=0.0), _data(), TrainConfig(**CFG)).fit()
     for x, y in zip(res.history, ref.history):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-4
+
+
+def test_max_steps_stops_mid_epoch_and_the_schedule_spans_it():
+    """A step budget finer than an epoch (MixtureGrowth's equal-FLOPs plans): 4 steps per epoch, 6 steps."""
+    lrs = []
+
+    class LR(Callback):
+        def after_step(self, t):
+            lrs.append(t.optimizer.param_groups[0]["lr"])
+
+    t = Trainer(_model(), _data(), TrainConfig(**dict(CFG, epochs=2, max_steps=6)), callbacks=[LR()])
+    res = t.fit()
+    assert t.global_step == 6 and res.epochs == 2 and len(res.history) == 2
+    assert lrs[-1] == pytest.approx(0.1 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 6 / 6)).item()))
+    with pytest.raises(ReparamError, match="max_steps"):
+        TrainConfig(max_steps=0).validate()

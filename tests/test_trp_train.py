@@ -186,9 +186,9 @@ def test_cli_train_then_decompose(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--energy", "1.5"], "energy must be in (0, 1)"),
-    (["--energy", "0"], "energy must be in (0, 1)"),
-    (["--period", "0"], "period must be an integer >= 1"),
+    (["--energy", "1.5"], "--energy: 1.5 is not allowed; allowed: a number in (0, 1)"),
+    (["--energy", "0"], "--energy: 0 is not allowed"),
+    (["--period", "0"], "--period: 0 is not allowed; allowed: a positive integer"),
     (["--scheme", "diagonal"], "unknown scheme 'diagonal'"),
     (["--decompose-rule", "value"], "must look like KIND:VALUE"),
     (["--mode", "nuclear"], "--mode nuclear needs --nuclear > 0"),

@@ -12,19 +12,27 @@ import torch
 
 from reparam.cli.common import (
     add_data_args,
+    add_resume_args,
     add_runtime_args,
+    add_select_on,
     add_train_args,
     config_from_args,
+    milestone_list,
+    nonneg_float,
+    number,
     positive_float,
     positive_int,
     prepare,
+    run_folder,
     setup_runtime,
     train_and_report,
+    warn_small_val,
 )
+from reparam.cli.validate import names as name_list
 from reparam.compander import learned_scales
 from reparam.compander.stats import percentile_plot
 from reparam.core.errors import ReparamError
-from reparam.core.outdir import output_dir, write_json
+from reparam.core.outdir import write_json
 from reparam.core.parametrize import exclude
 from reparam.experiments.compander.runs import (
     DataSpec,
@@ -115,7 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(p)
     _add_protocol_defaults(p)
     _add_wc_args(p)
-    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn, mlp, ...)")
+    p.add_argument("--width", type=number(float, 0, 64, lo_open=True), default=None,
+                   help="model width option (cnn, mlp, ...), in (0, 64]")
     p.set_defaults(func=run_train)
 
     c = cmds.add_parser("compare", help="variants x seeds: mean, std and paired differences",
@@ -126,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated variants, e.g. plain,wc:a=0.8:b=0.5,wc-fine,wn,pp:alpha=2 "
                         "(aliases: wc-fine, wc-coarse, wc-asinh, wc-erf, wc-decay-v, wc-adam, wc-madam)")
     c.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 (default 5)")
-    c.set_defaults(func=run_compare)
+    c.set_defaults(func=run_compare, _resume_free=("seeds", "variants"))
 
     g = cmds.add_parser("grid", help="(a, b) grid search on the validation split (paper: one seed)",
                         description="Train fixed WC for every (a, b) and select the pair with the best "
@@ -136,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--b", dest="b_values", default="0.5:1.0:0.1", help="b values: start:stop:step or list")
     g.add_argument("--fn", default="arctan", choices=["arctan", "asinh", "erf"])
     g.add_argument("--seeds", type=positive_int, default=1, help="seeds 0..N-1 averaged (paper: 1)")
-    g.set_defaults(func=run_grid)
+    g.set_defaults(func=run_grid, _resume_free=("seeds", "a_values", "b_values"))
     r = cmds.add_parser("summarize", help="print the tables of a finished compare folder again",
                         description="Re-read OUT/results.json of `compare` and print its markdown tables.")
     r.add_argument("folder")
@@ -152,17 +161,19 @@ def _add_multi_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=PROTOCOL["lr"])
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
     p.add_argument("--schedule", default="multistep", choices=["constant", "step", "multistep", "cosine"])
-    p.add_argument("--milestones", default=[], type=lambda s: [int(t) for t in s.split(",") if t.strip()])
+    p.add_argument("--milestones", default=[], type=milestone_list)
     p.add_argument("--gamma", type=positive_float, default=0.2)
-    p.add_argument("--weight-decay", type=float, default=PROTOCOL["weight_decay"])
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=nonneg_float, default=PROTOCOL["weight_decay"])
+    p.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), default=0.9)
+    p.add_argument("--warmup", type=nonneg_float, default=0.0)
     p.add_argument("--augment", default=PROTOCOL["augment"])
-    p.add_argument("--width", type=positive_float, default=None, help="model width option (cnn)")
-    p.add_argument("--resize", type=positive_int, default=None, help="resize images to NxN (bilinear)")
+    p.add_argument("--width", type=number(float, 0, 64, lo_open=True), default=None,
+                   help="model width option (cnn), in (0, 64]")
+    p.add_argument("--resize", type=number(int, 1, 1024), default=None, help="resize images to NxN (bilinear)")
+    add_select_on(p)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--resume", action="store_true", help="reuse runs cached in OUT.partial/runs")
+    add_resume_args(p, "reuse runs cached in OUT.partial/runs")
     add_runtime_args(p)
 
 
@@ -179,11 +190,12 @@ def _spec(args: argparse.Namespace) -> DataSpec:
                     val_fraction=args.val_fraction, resize=args.resize, model_options=opts)
 
 
-def _check_data(spec: DataSpec) -> None:
-    """Fail on a bad dataset/model name before any folder is created."""
+def _check_data(spec: DataSpec) -> int:
+    """Fail on a bad dataset/model name before any folder is created; returns the validation split's size."""
     from reparam.experiments.compander.runs import load
 
-    load(spec, 0)
+    splits, _ = load(spec, 0)
+    return len(splits.val)
 
 
 # -- train -----------------------------------------------------------------------------------------------
@@ -192,7 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
     variant = parse_variant(variant_from_args(args))
     config = _config(args)
     splits, model = prepare(args, {"width": args.width} if args.width is not None else None)
-    names = [n.strip() for n in args.exclude.split(",") if n.strip()]
+    names = name_list(args.exclude, [n for n, _ in model.named_modules() if n], "--exclude", "layer") \
+        if args.exclude.strip() else []
     filter_fn = exclude(*names) if names else None
     setup = setup_variant(model, variant, config, filter_fn=filter_fn, check_every_step=True)
     from reparam.metrics import count_flops, count_params
@@ -252,19 +265,16 @@ def _multi_config(args: argparse.Namespace):
 
 def run_compare(args: argparse.Namespace) -> int:
     setup_runtime(args)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not variants:
-        raise ReparamError("--variants is empty; give e.g. plain,wc,wn,pp")
+    variants = name_list(args.variants, None, "--variants")
     for v in variants:
         parse_variant(v)
-    if len(set(variants)) != len(variants):
-        raise ReparamError(f"--variants lists a variant twice: {args.variants}")
     spec = _spec(args)
     config = _multi_config(args)
-    _check_data(spec)
+    n_val = _check_data(spec)
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
-    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+    with run_folder(args) as work:
+        warn_small_val(n_val, args.select_on)
         jobs = [(v, s) for s in seeds for v in variants]  # seed-major: partial results are paired
         results = run_many(jobs, spec, config, work / "runs", progress=not args.no_progress)
         summary = summarize(results, variants)
@@ -312,14 +322,15 @@ def _compare_plots(results: list[dict], variants: list[str], work: Path) -> None
 
 def run_grid(args: argparse.Namespace) -> int:
     setup_runtime(args)
-    a_values, b_values = grid_values(args.a_values), grid_values(args.b_values)
+    a_values, b_values = _grid(args.a_values, "--a"), _grid(args.b_values, "--b")
     spec = _spec(args)
     config = _multi_config(args)
-    _check_data(spec)
+    n_val = _check_data(spec)
     fn = "" if args.fn == "arctan" else f":fn={args.fn}"
     labels = {(a, b): f"wc:a={a:g}:b={b:g}{fn}" for a in a_values for b in b_values}
     seeds = list(range(args.seeds))
-    with output_dir(args.out, overwrite=args.overwrite, resume=args.resume) as work:
+    with run_folder(args) as work:
+        warn_small_val(n_val, args.select_on)
         jobs = [(labels[k], s) for s in seeds for k in labels]
         results = run_many(jobs, spec, config, work / "runs", progress=not args.no_progress)
         for r in results:  # grid_select matches on the plain label
@@ -348,10 +359,78 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(text: str, option: str) -> list[float]:
+    """start:stop:step (inclusive) or a comma list of positive finite numbers, at most 1000 values."""
+    import argparse as _ap
+    import math
+
+    from reparam.cli.common import list_of
+
+    if ":" in text:
+        values = grid_values(text)
+    else:
+        try:
+            values = list_of(positive_float, what="positive numbers")(text)
+        except _ap.ArgumentTypeError as e:
+            raise ReparamError(f"{option}: {e}") from None
+    if not all(math.isfinite(v) for v in values) or len(values) > 1000:
+        raise ReparamError(f"{option} {text!r}: allowed: at most 1000 finite positive values")
+    return values
+
+
 def run_summarize(args: argparse.Namespace) -> int:
     path = Path(args.folder) / "results.json"
     if not path.is_file():
         raise ReparamError(f"{path} not found; give a folder written by `reparam compander compare`")
-    data = json.loads(path.read_text())
+    data = read_compare_results(path)
     print(markdown_tables(summarize(data["runs"], data["variants"]), title=data["setting"]))
     return 0
+
+
+# Fields of one run record that `summarize` reads, and their JSON types.
+_NUM, _OPT_NUM = (int, float), (int, float, type(None))
+RUN_FIELDS = {"variant": str, "seed": int, "test_acc": _NUM, "val_acc": _NUM, "sec_per_epoch_median": _NUM,
+              "max_abs_final": _NUM, "near0_final": _NUM, "first_layer_max_abs_epoch1": _OPT_NUM,
+              "first_layer_bound": _OPT_NUM, "bound_ok": bool, "first_layer_pct": list}
+
+
+def read_compare_results(path: Path) -> dict[str, Any]:
+    """results.json of `compander compare`, checked field by field so a damaged or foreign file is one line."""
+    def bad(why: str) -> ReparamError:
+        return ReparamError(f"{path}: not a `reparam compander compare` results file ({why})")
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"{type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise bad("the top level is not an object")
+    if not isinstance(data.get("setting"), str):
+        raise bad("'setting' is missing or not a string")
+    variants, runs = data.get("variants"), data.get("runs")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        raise bad("'variants' is not a non-empty list of names")
+    if len(set(variants)) != len(variants):
+        raise bad("'variants' lists a name twice")
+    if not isinstance(runs, list) or not runs:
+        raise bad("'runs' is not a non-empty list")
+    for i, r in enumerate(runs):
+        if not isinstance(r, dict):
+            raise bad(f"run {i} is not an object")
+        for key, kind in RUN_FIELDS.items():
+            v = r.get(key)
+            if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+                raise bad(f"run {i}: {key!r} is missing or has the wrong type")
+        pct = r["first_layer_pct"]
+        if not pct or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[1], list) and e[1]
+                              and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e[1])
+                              for e in pct) or len({len(e[1]) for e in pct}) != 1:
+            raise bad(f"run {i}: 'first_layer_pct' is not a list of [epoch, percentiles]")
+    for v in variants:
+        try:
+            parse_variant(v)
+        except ReparamError as e:
+            raise bad(f"variant {v!r}: {e}") from None
+        if not any(r["variant"] == v for r in runs):
+            raise bad(f"no run of variant {v!r}")
+    return data

@@ -13,21 +13,25 @@ import torch
 
 from reparam.cli.common import (
     add_runtime_args,
-    float_list,
-    nonneg_int,
+    fraction_upto_1,
+    list_of,
+    number,
     positive_float,
     positive_int,
     print_table,
 )
+from reparam.cli.validate import check_output, names
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import atomic_write_bytes
 from reparam.core.outdir import output_dir, write_json
 from reparam.core.runtime import default_threads, set_threads
 from reparam.data import load_image
-from reparam.image import codec
+from reparam.data.images import MAX_PIXELS
+from reparam.image import codec, container
 from reparam.image.inr import InrSpec
 from reparam.image.metrics import from_uint8, quality
 
+SEED32 = number(int, 0, 2**32 - 1, allowed="an integer in [0, 2**32-1] (the image file stores 32 bits)")
 MODES = {"auto": None, "rgb": "RGB", "l": "L"}
 
 
@@ -40,6 +44,9 @@ def _size(text: str) -> tuple[int, int]:
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; allowed: N or HxW with positive integers")
+    if parts[0] * parts[1] > MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"{text!r} has {parts[0] * parts[1]:,} pixels; allowed: at most "
+                                         f"{MAX_PIXELS:,}")
     return parts[0], parts[1]
 
 
@@ -54,32 +61,34 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 def _add_codec_args(p: argparse.ArgumentParser) -> None:
     d = codec.CodecConfig()
     g = p.add_argument_group("network, fitting and quantization (defaults chosen by `reparam image sweep`)")
-    g.add_argument("--width", type=positive_int, default=d.inr.width, help=f"hidden width (default {d.inr.width})")
-    g.add_argument("--depth", type=positive_int, default=d.inr.depth,
-                   help=f"hidden layers, each Linear -> LayerNorm -> ReLU (default {d.inr.depth})")
-    g.add_argument("--fourier", type=positive_int, default=d.inr.fourier,
+    g.add_argument("--width", type=number(int, 1, container.MAX_WIDTH), default=d.inr.width,
+                   help=f"hidden width, 1..{container.MAX_WIDTH} (default {d.inr.width})")
+    g.add_argument("--depth", type=number(int, 1, container.MAX_DEPTH), default=d.inr.depth,
+                   help=f"hidden layers 1..{container.MAX_DEPTH}, each Linear -> LayerNorm -> activation "
+                        f"(default {d.inr.depth})")
+    g.add_argument("--fourier", type=number(int, 1, container.MAX_FOURIER), default=d.inr.fourier,
                    help=f"Fourier frequencies M (2M features; default {d.inr.fourier})")
     g.add_argument("--sigma", type=positive_float, default=d.inr.sigma,
                    help=f"Fourier scale, coordinates in [-1, 1] (default {d.inr.sigma})")
     g.add_argument("--activation", choices=("relu", "sine"), default=d.inr.activation,
                    help=f"hidden activation after each LayerNorm (default {d.inr.activation})")
-    g.add_argument("--fourier-seed", type=nonneg_int, default=0, help="seed of the Fourier matrix (stored)")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="PRANC basis seed (stored)")
+    g.add_argument("--fourier-seed", type=SEED32, default=0, help="seed of the Fourier matrix (stored, 32 bits)")
+    g.add_argument("--seed", type=SEED32, default=0, help="PRANC basis seed (stored, 32 bits)")
     g.add_argument("--budget-rule", choices=codec.BUDGET_RULES, default=d.budget_rule,
                    help=f"split of the coefficients over layers (default {d.budget_rule}, capped at each layer's size)")
     g.add_argument("--steps", type=positive_int, default=d.fit.steps,
                    help=f"Adam steps of the float fit (default {d.fit.steps})")
     g.add_argument("--lr", type=positive_float, default=d.fit.lr, help=f"Adam learning rate (default {d.fit.lr})")
-    g.add_argument("--fraction", type=positive_float, default=d.fit.fraction,
+    g.add_argument("--fraction", type=fraction_upto_1, default=d.fit.fraction,
                    help=f"share of pixels per step (default {d.fit.fraction})")
     g.add_argument("--max-pixels", type=positive_int, default=d.fit.max_pixels,
                    help=f"at most this many pixels per step (default {d.fit.max_pixels})")
     g.add_argument("--fixed-width", action="store_true",
                    help=f"keep --width even when k is above {codec.MAX_K_SHARE:g} of the network's weights "
                         f"(default: widen along {', '.join(map(str, codec.WIDTHS))})")
-    g.add_argument("--bits-per-coef", type=positive_float, default=d.bits_per_coef,
+    g.add_argument("--bits-per-coef", type=number(float, 0.5, 16), default=d.bits_per_coef,
                    help=f"sets k from the rate: k = payload bits / this (default {d.bits_per_coef})")
-    g.add_argument("--qat-steps", type=nonneg_int, default=d.qat_steps,
+    g.add_argument("--qat-steps", type=number(int, 0, allowed="an integer >= 0"), default=d.qat_steps,
                    help=f"quantization-aware fine-tuning steps (default {d.qat_steps})")
     g.add_argument("--qat-lr", type=positive_float, default=d.qat_lr,
                    help=f"quantization-aware learning rate (default {d.qat_lr})")
@@ -111,10 +120,8 @@ def _threads(args: argparse.Namespace) -> None:
 def cmd_encode(args: argparse.Namespace) -> int:
     _threads(args)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise ReparamError(f"output file {out} already exists; choose another -o or pass --overwrite")
-    if out.is_dir():
-        raise ReparamError(f"output {out} is a folder; give a file name such as out.rpic")
+    if args.json:
+        check_output(args.json, option="--json", kind="file", overwrite=True)
     cfg = _config(args)
     x = _load(args)
     c, h, w = x.shape
@@ -148,11 +155,12 @@ def cmd_decode(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() != ".png":
         raise ReparamError(f"output {out} must be a .png file (lossless, so the decode is kept bit-exact)")
-    if out.exists() and not args.overwrite:
-        raise ReparamError(f"output file {out} already exists; choose another -o or pass --overwrite")
     dec = codec.decode(args.file, top=args.top)
-    atomic_write_bytes(out, codec.png_bytes(dec.image))
     c, h, w = dec.header["image"]
+    ref = None
+    if args.compare:   # read (or refuse) the reference before the PNG is written
+        ref = load_image(args.compare, size=(h, w), mode="L" if c == 1 else "RGB")
+    atomic_write_bytes(out, codec.png_bytes(dec.image))
     size = dec.header["file_bytes"]
     rows = [("image", f"{w}x{h}, {c} channel(s)"), ("file", f"{size} bytes, {size * 8 / (h * w):.4f} true bpp"),
             ("coefficients used", f"{dec.kept} of {sum(dec.header['budgets'])}"),
@@ -164,8 +172,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     else:
         rows.append(("bit-exact", "yes (matches the encoder's CRC32)" if dec.bit_exact else
                      "NO: this machine's float arithmetic differs from the encoder's"))
-    if args.compare:
-        ref = load_image(args.compare, size=(h, w), mode="L" if c == 1 else "RGB")
+    if ref is not None:
         ref = from_uint8((ref * 255).round().to(torch.uint8))
         q = quality(ref, from_uint8(dec.image))
         rows += [("PSNR vs reference", f"{q['psnr']:.2f} dB"), (q["msssim_kind"].upper(), f"{q['msssim']:.4f}")]
@@ -199,7 +206,7 @@ def cmd_rd(args: argparse.Namespace) -> int:
     from reparam.experiments.image import rd
 
     _threads(args)
-    codecs = rd.parse_codecs(args.codecs)
+    codecs = rd.parse_codecs(names(args.codecs, rd.CODECS, "--codecs", "codec"))
     bpps = args.bpp or list(rd.DEFAULT_BPPS)
     if any(not b > 0 for b in bpps):
         raise ReparamError("--bpp values must be positive")
@@ -256,14 +263,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("image", help="image codec: a photo as a PRANC seed + fp16 coefficients",
+    p = subparsers.add_parser("image", help="image codec: a photo as a PRANC seed + entropy-coded coefficients",
                               description="Compress an image as the seed and coefficients of a PRANC Fourier-"
                                           "feature MLP; decode it; compare with JPEG/WebP in true bits per pixel.")
     sub = p.add_subparsers(dest="image_command", metavar="SUBCOMMAND", parser_class=type(p))
 
-    e = sub.add_parser("encode", help="fit and write a .prnc file")
+    e = sub.add_parser("encode", help="fit and write a .rpic file")
     _add_image_args(e)
-    e.add_argument("-o", "--output", required=True, help="output .prnc file")
+    e.add_argument("-o", "--output", required=True, help="output .rpic file")
     e.add_argument("--bpp", type=positive_float, required=True,
                    help="target TRUE bits per pixel (whole file, header included); the file is at most this")
     e.add_argument("--coefficients", type=positive_int, default=None,
@@ -274,18 +281,19 @@ def register(subparsers) -> None:
     add_runtime_args(e)
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="rebuild the image from a .prnc file alone")
-    d.add_argument("file", help="a .prnc image file")
+    d = sub.add_parser("decode", help="rebuild the image from a .rpic file alone")
+    d.add_argument("file", help="a .rpic image file")
     d.add_argument("-o", "--output", required=True, help="output .png")
-    d.add_argument("--top", type=positive_float, default=None,
+    d.add_argument("--top", type=number(float, 0, 100, lo_open=True, allowed="a percentage in (0, 100]"),
+                   default=None,
                    help="progressive decoding: keep only the largest P%% coefficients of every layer")
     d.add_argument("--compare", default=None, help="reference image: print PSNR and (MS-)SSIM against it")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_runtime_args(d)
     d.set_defaults(func=cmd_decode)
 
-    i = sub.add_parser("info", help="print what a .prnc image file holds and its rates")
-    i.add_argument("file", help="a .prnc image file")
+    i = sub.add_parser("info", help="print what a .rpic image file holds and its rates")
+    i.add_argument("file", help="a .rpic image file")
     i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("rd", help="rate-distortion sweep vs a trained INR, JPEG and WebP (true bpp)")
@@ -293,7 +301,7 @@ def register(subparsers) -> None:
     r.add_argument("--out", required=True, help="output folder (rd.json, rd_psnr.png, rd_msssim.png)")
     r.add_argument("--codecs", default=",".join(("prnc", "inr", "jpeg", "webp")),
                    help="comma-separated: prnc, inr, jpeg, webp, avif, jp2 (default prnc,inr,jpeg,webp)")
-    r.add_argument("--bpp", type=float_list, default=None,
+    r.add_argument("--bpp", type=list_of(positive_float, what="positive numbers"), default=None,
                    help="target true bpp list for prnc (and inr); default 0.25,0.5,1,2")
     _add_codec_args(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -305,11 +313,12 @@ def register(subparsers) -> None:
     w.add_argument("images", help="comma-separated images (paths or bundled names)")
     w.add_argument("--size", type=_size, default=(128, 128), help="N or HxW (default 128)")
     w.add_argument("--color", choices=sorted(MODES), default="auto", help=argparse.SUPPRESS)
-    w.add_argument("--bpp", type=float_list, default=[0.5, 1.0], help="target true bpp list (default 0.5,1)")
+    w.add_argument("--bpp", type=list_of(positive_float, what="positive numbers"), default=[0.5, 1.0],
+                   help="target true bpp list (default 0.5,1)")
     w.add_argument("--set", action="append", metavar="NAME=V1,V2",
                    help="a setting and its values; repeat for a grid (every combination is run)")
     w.add_argument("--out", required=True, help="folder: sweep.jsonl (appended, resumable) and summary.json")
     _add_codec_args(w)
     add_runtime_args(w)
-    w.set_defaults(func=cmd_sweep)
+    w.set_defaults(func=cmd_sweep, out_kind=None)   # OUT is appended to (resumable), so it may exist
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

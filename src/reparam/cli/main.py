@@ -26,7 +26,16 @@ COMMAND_MODULES = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse prints usage + error and exits 2; we keep the exit code but make the error one line."""
+    """argparse prints usage + error and exits 2; we keep the exit code but make the error one line.
+
+    Options are never matched by prefix (allow_abbrev=False): an abbreviation that works today could
+    silently change meaning when a later option shares its prefix (`--basis` read as `--basis-seed`).
+    Sub-parsers are built with this class too, so the rule holds for every command.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
@@ -49,14 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:   # --help, --version, or argparse's one-line error: return its exit code
+        return e.code if isinstance(e.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in reports next to the numbers
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
         from reparam.cli.common import setup_device, setup_distributed
+        from reparam.cli.validate import precheck
+        from reparam.train.config import set_default_select_on
 
+        precheck(args)           # paths, resume settings: before anything is created
+        set_default_select_on(getattr(args, "select_on", None) or "best")
         setup_device(args)       # every Trainer of the command follows --device, whoever builds its config
         setup_distributed(args)  # joins torchrun's process group before any command opens its output folder
         rc = args.func(args)

@@ -18,7 +18,16 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="pranc_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
-    from reparam.cli.common import add_data_args, add_runtime_args, add_train_args, int_list, positive_int
+    from reparam.cli.common import (
+        add_data_args,
+        add_runtime_args,
+        add_select_on,
+        add_train_args,
+        list_of,
+        positive_float,
+        positive_int,
+        seed_int,
+    )
 
     t = sub.add_parser("train", help="train a model's coefficients; writes OUT/model.prnc and metrics.json")
     add_train_args(t, model="mlp", data="digits", epochs=30, lr=1e-2, optimizer="adam", weight_decay=0.0,
@@ -30,19 +39,19 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="rebuild the model from the file alone and print its test accuracy")
     e.add_argument("file")
     add_data_args(e, None)
-    e.add_argument("--seed", type=int, default=None, help="data split seed (default: the training run's, "
-                                                          "from the file)")
-    e.add_argument("--basis-seed", type=int, default=None, help="override the stored basis seed")
+    e.add_argument("--seed", type=seed_int, default=None, help="data split seed (default: the training run's, "
+                                                               "from the file)")
+    e.add_argument("--basis-seed", type=seed_int, default=None, help="override the stored basis seed")
     e.add_argument("--json", action="store_true", help="print a JSON object with test_acc")
     add_runtime_args(e)
     e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("decode", help="write the dense model (exact weights) as a reparam safetensors file")
     d.add_argument("file")
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="output .safetensors file")
     d.add_argument("--overwrite", action="store_true")
     add_runtime_args(d)
-    d.set_defaults(func=cmd_decode)
+    d.set_defaults(func=cmd_decode, out_kind="file")
 
     i = sub.add_parser("inspect", help="print the header, sizes and compression ratios")
     i.add_argument("file")
@@ -51,12 +60,13 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("sweep", help="accuracy vs stored numbers: PRANC and baselines, with a plot")
     add_train_args(s, model="mlp", data="digits", epochs=30, lr=1e-2, optimizer="adam", weight_decay=0.0,
-                   batch_size=64)
-    s.add_argument("--k", type=int_list, default=[50, 100, 200, 500, 1000], help="comma-separated k values")
+                   batch_size=64, resume=False)
+    s.add_argument("--k", type=list_of(positive_int, what="positive integers"), default=[50, 100, 200, 500, 1000],
+                   help="comma-separated k values")
     s.add_argument("--seeds", type=positive_int, default=1, help="repeat every run with seeds seed..seed+N-1")
     s.add_argument("--baselines", default="dense,hashednet,pruning,regression,narrow",
                    help="comma-separated subset of dense,hashednet,pruning,regression,narrow")
-    s.add_argument("--dense-lr", type=float, default=1e-3, help="Adam lr for dense/pruned/narrow models")
+    s.add_argument("--dense-lr", type=positive_float, default=1e-3, help="Adam lr for dense/pruned/narrow models")
     s.add_argument("--model-options", default="{}")
     s.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
     s.add_argument("--chunk", type=positive_int, default=64)
@@ -71,9 +81,10 @@ def register(subparsers) -> None:
     a.add_argument("--model-options", default="{}")
     a.add_argument("--k", type=positive_int, default=200)
     a.add_argument("--epochs", type=positive_int, default=30)
-    a.add_argument("--lr", type=float, default=1e-2)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--lr", type=positive_float, default=1e-2)
+    a.add_argument("--seed", type=seed_int, default=0)
     a.add_argument("--seeds", type=positive_int, default=1)
+    add_select_on(a)
     a.add_argument("--out", required=True)
     a.add_argument("--overwrite", action="store_true")
     add_runtime_args(a)
@@ -81,14 +92,15 @@ def register(subparsers) -> None:
 
 
 def _add_pranc_args(p: argparse.ArgumentParser) -> None:
-    from reparam.cli.common import positive_int
+    from reparam.cli.common import positive_float, positive_int, seed_int
 
-    p.add_argument("--k", type=int, required=True, help="number of coefficients")
+    p.add_argument("--k", type=positive_int, required=True,
+                   help="number of coefficients (required; at most the model's basis parameters d)")
     p.add_argument("--mode", default="materialized", choices=["materialized", "streamed"])
     p.add_argument("--chunk", type=positive_int, default=64, help="basis rows per chunk (streamed mode)")
-    p.add_argument("--basis-seed", type=int, default=None, help="basis seed (default: --seed)")
+    p.add_argument("--basis-seed", type=seed_int, default=None, help="basis seed (default: --seed)")
     p.add_argument("--distribution", default="default-init", choices=["default-init", "gaussian"])
-    p.add_argument("--sigma", type=float, default=None, help="Gaussian std (default: fan-in matched)")
+    p.add_argument("--sigma", type=positive_float, default=None, help="Gaussian std (default: fan-in matched)")
     p.add_argument("--budgets", default=None,
                    help="per-layer budgets: proportional, uniform, or comma-separated k per layer")
     p.add_argument("--init", default="e0", choices=["e0", "l1-randn"])
@@ -109,9 +121,39 @@ def _budgets(text: str | None):
     if text is None or text in ("proportional", "uniform"):
         return text
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         raise ReparamError(f"--budgets {text!r}: use proportional, uniform or comma-separated integers") from None
+    if any(v < 1 for v in values):
+        raise ReparamError(f"--budgets {text!r}: every per-layer budget must be a positive integer")
+    return values
+
+
+def check_k_fits(model, config, what: str = "--k") -> None:
+    """k beyond the model's d basis parameters is meaningless; a materialized k x d basis larger than this
+    machine's memory cannot be built. Both fail here, before anything is allocated or written."""
+    from reparam.pranc.layout import build_layout
+
+    blocks, _ = build_layout(model, config)
+    d = sum(b.d for b in blocks)
+    if config.k > d:
+        raise ReparamError(f"{what} {config.k} is not allowed: the model has d = {d:,} basis parameters; "
+                           f"allowed: 1..{d}")
+    if config.mode == "materialized":
+        need = 4 * sum(b.k * b.d for b in blocks)
+        have = _physical_memory()
+        if have and need > have:
+            raise ReparamError(f"{what} {config.k}: the materialized basis needs {need / 2**30:.1f} GiB, more than "
+                               f"this machine's {have / 2**30:.1f} GiB; use --mode streamed or a smaller k")
+
+
+def _physical_memory() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def pranc_config_from_args(args) -> Any:
@@ -132,6 +174,7 @@ def cmd_train(args) -> int:
 
     pconfig = pranc_config_from_args(args)
     splits, model = prepare(args, _model_options(args.model_options))
+    check_k_fits(model, pconfig)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         core = apply_pranc(model, pconfig)
@@ -205,8 +248,6 @@ def cmd_decode(args) -> int:
 
     setup_runtime(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ReparamError(f"{out} already exists; choose another --out or pass --overwrite")
     model, header = decode_prnc(args.file)
     save_model(out, model, {"model_spec": header.get("architecture"), "method": "pranc",
                             "source": str(args.file)})
@@ -234,29 +275,27 @@ def cmd_inspect(args) -> int:
 
 # ---------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
-    from reparam.cli.common import load_splits, print_table, setup_runtime
-    from reparam.core.outdir import output_dir, write_json
+    from reparam.cli.common import load_splits, print_table, run_folder, setup_runtime
+    from reparam.cli.validate import names
+    from reparam.core.outdir import write_json
     from reparam.experiments.pranc import runs as ex
     from reparam.metrics.plots import line_plot
-    from reparam.models import model_spec
+    from reparam.models import build_from_spec, model_spec
     from reparam.pranc.config import PrancConfig
 
     setup_runtime(args)
-    bad = [k for k in args.k if k <= 0]
-    if bad or not args.k:
-        raise ReparamError(f"--k values must be positive integers, got {args.k}")
-    allowed = {"dense", "hashednet", "pruning", "regression", "narrow"}
-    baselines = [b for b in args.baselines.split(",") if b]
-    unknown = [b for b in baselines if b not in allowed]
-    if unknown:
-        raise ReparamError(f"unknown baseline {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    baselines = names(args.baselines, ("dense", "hashednet", "pruning", "regression", "narrow"), "--baselines",
+                      "baseline")
     opts = _model_options(args.model_options)
     splits = load_splits(args)
     spec = model_spec(args.model, splits, **opts)
+    probe = build_from_spec(spec)            # an unknown model or option fails here, before OUT exists
+    check_k_fits(probe, PrancConfig(k=max(args.k), mode=args.mode, chunk=args.chunk), "--k")
+    del probe
     rows: list[dict[str, Any]] = []
     from rich.progress import Progress
 
-    with output_dir(args.out, overwrite=args.overwrite) as work, Progress(disable=args.no_progress) as prog:
+    with run_folder(args, resume=False) as work, Progress(disable=args.no_progress) as prog:
         per_seed = 1 + len(args.k) * (1 + sum(b in baselines for b in ("hashednet", "pruning", "regression",
                                                                            "narrow")))
         task = prog.add_task("sweep", total=args.seeds * per_seed)
@@ -320,8 +359,8 @@ def _jsonable_args(args) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- ablations
 def cmd_ablate(args) -> int:
-    from reparam.cli.common import load_splits, print_table, setup_runtime
-    from reparam.core.outdir import output_dir, write_json
+    from reparam.cli.common import load_splits, print_table, run_folder, setup_runtime
+    from reparam.core.outdir import write_json
     from reparam.experiments.pranc import runs as ex
     from reparam.metrics.plots import line_plot
     from reparam.models import model_spec
@@ -329,7 +368,19 @@ def cmd_ablate(args) -> int:
     from reparam.pranc.fileio import load_prnc
 
     setup_runtime(args)
-    with output_dir(args.out, overwrite=args.overwrite) as work:
+    # everything a run reads is read (and refused) before OUT.partial exists
+    if args.what in ("wrong-seed", "subsets", "fp16"):
+        if args.file is None:
+            raise ReparamError(f"ablation {args.what!r} needs --file (a trained .prnc)")
+        model, header = load_prnc(args.file)
+        splits = load_splits(args)
+    elif args.what == "distribution":
+        from reparam.models import build_from_spec
+
+        splits = load_splits(args)
+        spec = model_spec(args.model, splits, **_model_options(args.model_options))
+        check_k_fits(build_from_spec(spec), PrancConfig(k=args.k), "--k")
+    with run_folder(args, resume=False) as work:
         result: dict[str, Any] = {"what": args.what}
         if args.what == "orthogonality":
             rows = ex.orthogonality([10, 30, 100, 300, 1000])
@@ -342,8 +393,6 @@ def cmd_ablate(args) -> int:
             table = [(f"d={r['d']}", f"norm {r['norm_mean']:.3f}+-{r['norm_std']:.3f}  mean|cos| "
                                      f"{r['mean_abs_cos']:.4f}  max|cos| {r['max_abs_cos']:.3f}") for r in rows]
         elif args.what == "distribution":
-            splits = load_splits(args)
-            spec = model_spec(args.model, splits, **_model_options(args.model_options))
             variants = {"default-init": PrancConfig(k=args.k), "gaussian fan-in matched":
                         PrancConfig(k=args.k, distribution="gaussian"),
                         "gaussian sigma=0.001 (code otf)": PrancConfig(k=args.k, distribution="gaussian",
@@ -357,10 +406,6 @@ def cmd_ablate(args) -> int:
             result["rows"] = rows
             table = [(f"{r['variant']} seed {r['seed']}", r["test_acc"]) for r in rows]
         else:
-            if args.file is None:
-                raise ReparamError(f"ablation {args.what!r} needs --file (a trained .prnc)")
-            model, header = load_prnc(args.file)
-            splits = load_splits(args)
             if args.what == "wrong-seed":
                 right = ex.wrong_seed_accuracy(model, splits.test, [header["seed"]])[0]
                 wrong_seeds = [header["seed"] + i for i in range(1, 6)]

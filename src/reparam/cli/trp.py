@@ -10,13 +10,20 @@ from typing import Any
 from reparam.cli.common import (
     add_data_args,
     add_runtime_args,
+    add_select_on,
     add_train_args,
     config_from_args,
-    int_list,
+    fraction_open,
+    list_of,
     load_splits,
+    nonneg_float,
+    nonneg_int,
+    number,
+    positive_float,
     positive_int,
     prepare,
     print_table,
+    seed_int,
     setup_runtime,
     train_and_report,
 )
@@ -33,10 +40,11 @@ def _add_decompose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-strides", action="store_true",
                    help="also decompose strided convs (default: stride-1 convs only, as the official code)")
     p.add_argument("--include-stem", action="store_true", help="treat the first conv too (default: skip it)")
-    p.add_argument("--latency-batches", type=int_list, default=[1, 128],
+    p.add_argument("--latency-batches", type=list_of(positive_int, allow_empty=True, what="batch sizes"),
+                   default=[1, 128],
                    help="batch sizes for CPU latency (default 1,128; empty string to skip)")
     p.add_argument("--latency-repeats", type=positive_int, default=21)
-    p.add_argument("--latency-size", type=positive_int, default=None,
+    p.add_argument("--latency-size", type=number(int, 1, 4096), default=None,
                    help="square input size for latency (default: the dataset's; FLOPs use the dataset's)")
 
 
@@ -54,10 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trp (projection, + nuclear if --nuclear > 0), nuclear (nuclear-norm only), "
                         "none (plain training: the post-hoc baseline's starting point)")
     p.add_argument("--scheme", default="channel", help="channel (NC, TRP1), spatial (VH, TRP2) or nd")
-    p.add_argument("--energy", type=float, default=0.05,
+    p.add_argument("--energy", type=fraction_open, default=0.05,
                    help="e of eq. (3): fraction of energy a projection may discard (official code: 0.1)")
-    p.add_argument("--period", type=int, default=1, help="m: project every m optimizer steps (default 1)")
-    p.add_argument("--nuclear", type=float, default=0.0, help="nuclear-norm weight lambda (code: 3e-4; 0 = off)")
+    p.add_argument("--period", type=positive_int, default=1, help="m: project every m optimizer steps (default 1)")
+    p.add_argument("--nuclear", type=nonneg_float, default=0.0, help="nuclear-norm weight lambda (code: 3e-4; 0 = off)")
     p.add_argument("--nuclear-rank", default="full", choices=NUCLEAR_RANKS,
                    help="sub-gradient rank: full (paper) or energy (official code)")
     p.add_argument("--nuclear-when", default="every", choices=NUCLEAR_WHEN,
@@ -79,14 +87,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--scheme", default="channel", help="channel (NC), spatial (VH) or nd")
     g = d.add_mutually_exclusive_group()
     g.add_argument("--rule", default=None, help="rank rule, e.g. value:0.05, energy:0.15, rank:8, fraction:0.5")
-    g.add_argument("--energy", type=float, default=None, help="shorthand for --rule energy:E")
-    g.add_argument("--speedup", type=float, default=None,
+    g.add_argument("--energy", type=fraction_open, default=None, help="shorthand for --rule energy:E")
+    g.add_argument("--speedup", type=number(float, 1, lo_open=True), default=None,
                    help="post-hoc baseline at a matched conv-FLOPs speed-up: the smallest energy e reaching it")
     add_data_args(d)
-    d.add_argument("--seed", type=int, default=None,
+    d.add_argument("--seed", type=seed_int, default=None,
                    help="data split seed (default: from metrics.json next to the checkpoint, else 0)")
-    d.add_argument("--finetune-epochs", type=int, default=0, help="optional short fine-tune (default 0: none)")
-    d.add_argument("--finetune-lr", type=float, default=0.01)
+    d.add_argument("--finetune-epochs", type=nonneg_int, default=0, help="optional short fine-tune (default 0: none)")
+    d.add_argument("--finetune-lr", type=positive_float, default=0.01)
+    add_select_on(d)
     _add_decompose_args(d)
     add_runtime_args(d)
     d.set_defaults(func=run_decompose)
@@ -165,6 +174,26 @@ def _print_summary(m: dict[str, Any], out: str) -> None:
     print_table("TRP decomposition", rows)
 
 
+def _origin(path: Path) -> dict[str, Any]:
+    """The training run's metrics.json beside a checkpoint (seed, dataset, augment), checked before use."""
+    if not path.is_file():
+        return {}
+    try:
+        origin = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise ReparamError(f"{path} (beside the checkpoint) is not valid JSON; pass --seed and --data, or "
+                           "move it away") from None
+    seed, data = origin.get("seed", 0) if isinstance(origin, dict) else None, \
+        origin.get("dataset") if isinstance(origin, dict) else None
+    cfg = origin.get("config", {}) if isinstance(origin, dict) else None
+    if not isinstance(origin, dict) or isinstance(seed, bool) or not isinstance(seed, int) or \
+            not 0 <= seed < 2**63 or not isinstance(data, (str, type(None))) or not isinstance(cfg, dict) or \
+            not isinstance(cfg.get("augment"), (str, type(None))):
+        raise ReparamError(f"{path} (beside the checkpoint) is not a reparam metrics.json (seed, dataset, "
+                           "config.augment); pass --seed and --data, or move it away")
+    return origin
+
+
 def run_decompose(args: argparse.Namespace) -> int:
     from reparam.experiments.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
     from reparam.trp.io import load_model_file, save_decomposed
@@ -184,8 +213,7 @@ def run_decompose(args: argparse.Namespace) -> int:
     model, header = load_model_file(args.checkpoint)
     if header.get("trp"):
         raise ReparamError(f"{args.checkpoint} is already decomposed; pass the trained model.safetensors")
-    source = Path(args.checkpoint).parent / "metrics.json"
-    origin = json.loads(source.read_text()) if source.is_file() else {}
+    origin = _origin(Path(args.checkpoint).parent / "metrics.json")
     if args.seed is None:
         args.seed = int(origin.get("seed", 0))
     if args.data == "digits" and origin.get("dataset"):

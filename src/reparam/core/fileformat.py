@@ -24,6 +24,7 @@ from reparam.core.errors import ReparamError
 
 FORMAT = "reparam"
 FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 << 20   # a reparam header is kilobytes; a larger one is refused before it is parsed
 
 
 def _crc32(tensors: dict[str, torch.Tensor]) -> int:
@@ -107,7 +108,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """Read and check only the header (cheap: no tensor data is read)."""
+    """Read and check only the container's header (cheap: no tensor data is read).
+
+    Checked: a JSON object of bounded size with format, format_version, kind, tensors and crc32 of the
+    right types. Readers that use header values must call `load_tensors` (which verifies the CRC32) first.
+    """
     path = Path(path)
     if not path.is_file():
         raise ReparamError(f"file not found: {path}")
@@ -119,16 +124,31 @@ def read_header(path: str | Path) -> dict[str, Any]:
                            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
     if "reparam" not in meta:
         raise ReparamError(f"{path} is a safetensors file without a reparam header")
+    text = meta["reparam"]
+    if len(text) > MAX_HEADER_BYTES:
+        raise ReparamError(f"{path}: reparam header of {len(text)} bytes is larger than {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(meta["reparam"])
-    except json.JSONDecodeError:
+        header = json.loads(text)
+    except (ValueError, RecursionError):   # JSONDecodeError, an over-long integer, nesting too deep
         raise ReparamError(f"{path}: reparam header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ReparamError(f"{path}: reparam header is a JSON {type(header).__name__}, not an object")
     if header.get("format") != FORMAT:
-        raise ReparamError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ReparamError(f"{path}: format_version {header.get('format_version')!r} is not supported; "
+        raise ReparamError(f"{path}: format {_short(header.get('format'))} is not {FORMAT!r}")
+    if header.get("format_version") != FORMAT_VERSION or isinstance(header.get("format_version"), bool):
+        raise ReparamError(f"{path}: format_version {_short(header.get('format_version'))} is not supported; "
                            f"this reparam reads version {FORMAT_VERSION}")
+    if not isinstance(header.get("kind"), str):
+        raise ReparamError(f"{path}: header field 'kind' is missing or not a string")
+    if not isinstance(header.get("tensors"), dict) or not isinstance(header.get("crc32"), int):
+        raise ReparamError(f"{path}: header fields 'tensors'/'crc32' are missing or have the wrong type")
     return header
+
+
+def _short(value: Any) -> str:
+    """A header value for an error message: repr, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
@@ -138,7 +158,7 @@ def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
     header = read_header(path)
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds is not None and header.get("kind") not in kinds:
-        raise ReparamError(f"{path}: file kind {header.get('kind')!r} is not one of {', '.join(kinds)}")
+        raise ReparamError(f"{path}: file kind {_short(header.get('kind'))} is not one of {', '.join(kinds)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -149,7 +169,7 @@ def load_tensors(path: str | Path, kind: str | tuple[str, ...] | None = None
     if _header_crc(header, _crc32(tensors)) != header.get("crc32"):
         raise ReparamError(f"{path}: CRC32 mismatch, the file is corrupted")
     aliases = header.get("aliases", {})
-    if not isinstance(aliases, dict) or any(not isinstance(a, str) or a in tensors or t not in tensors
+    if not isinstance(aliases, dict) or any(not isinstance(t, str) or a in tensors or t not in tensors
                                             for a, t in aliases.items()):
         raise ReparamError(f"{path}: the header's aliases do not name stored tensors")
     for alias, target in aliases.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from PIL import Image
 from reparam.core.errors import ReparamError
 
 MIN_SIDE = 8  # smaller images are refused: nothing meaningful to fit or compress
+# Larger images are refused from their header, before any pixel is decoded: a 92-byte PNG may claim
+# 12000x12000 pixels (1 GB decoded). 2**25 is 8192x4096, beyond any image this codec is meant for.
+MAX_PIXELS = 1 << 25
 
 # skimage.data function name -> file in skimage/data (the same file that function reads).
 _SKIMAGE_FILES = {
@@ -89,8 +93,15 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
 
 def _open(path: Path) -> Image.Image:
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():   # Pillow's own bomb warning: the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)   # reads the header only
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ReparamError(f"{path}: image is {w}x{h} = {w * h:,} pixels; allowed: at most {MAX_PIXELS:,}")
         im.load()  # decode now so a truncated or corrupt file fails here, with its name
+    except ReparamError:
+        raise
     except Exception as e:  # UnidentifiedImageError, OSError, DecompressionBombError, SyntaxError...
         raise ReparamError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     return im
@@ -135,6 +146,8 @@ def _target_size(size: int | Sequence[int]) -> tuple[int, int]:
     ints = hw is not None and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in hw)
     if not ints or min(hw) < 1:
         raise ReparamError(f"image size must be a positive int or (height, width), got {size!r}")
+    if int(hw[0]) * int(hw[1]) > MAX_PIXELS:
+        raise ReparamError(f"image size {hw[0]}x{hw[1]} is not allowed; at most {MAX_PIXELS:,} pixels")
     return int(hw[0]), int(hw[1])
 
 

@@ -18,6 +18,7 @@ from torch.nn.utils import parametrize as tparam
 from reparam.core.errors import ReparamError
 from reparam.core.protocol import Applied, claim, report_left_dense, select
 from reparam.mixturegrowth.layers import (
+    TEMPLATE_INITS,
     MemberBatchNorm2d,
     TemplateMix,
     coefficient_parameters,
@@ -39,6 +40,9 @@ class Config:
         tensors and keep their own coefficients (the CIFAR code default is no sharing).
     train_end_coefs: the stem's and classifier's coefficients are trainable (official no-bank code);
         the paper (default, False) keeps them fixed at their initial values.
+    template_init: "per-template" (default: each template kaiming-normal with its layer's fan-in) or
+        "stacked" (the official code: kaiming-normal over the stacked [T, out, in, k, k] tensor, so
+        templates are sqrt(out) times smaller; see docs/mixturegrowth.md, paper vs code).
     full_input / full_output: names of the layers that keep their full input (stem) / full output
         (classifier); None = the first / last selected Conv2d/Linear.
     """
@@ -49,8 +53,11 @@ class Config:
     train_end_coefs: bool = False
     full_input: tuple[str, ...] | None = None
     full_output: tuple[str, ...] | None = None
+    template_init: str = "per-template"
 
     def __post_init__(self) -> None:
+        if self.template_init not in TEMPLATE_INITS:
+            raise ReparamError(f"template_init must be one of {', '.join(TEMPLATE_INITS)}, got {self.template_init!r}")
         if not _is_int(self.g) or self.g != 2:
             raise ReparamError(f"g: growth factor must be 2 (the paper's setting; no other is supported), "
                                f"got {self.g!r}")
@@ -169,7 +176,8 @@ def apply(model: nn.Module, config: Config | None = None, filter_fn=None) -> App
         if (config.share_templates and prev is not None and not prev_shared and g_out == g_in == g
                 and prev.block_shape == block and prev.grid_shape == (g, g)):
             share = prev
-        p = TemplateMix(block, (g_out, g_in), config.n_templates, num_sets=g, share_from=share)
+        p = TemplateMix(block, (g_out, g_in), config.n_templates, num_sets=g, share_from=share,
+                        template_init=config.template_init)
         if (g_out == 1 or g_in == 1) and not config.train_end_coefs:
             for c in p.coefs:
                 c.requires_grad_(False)

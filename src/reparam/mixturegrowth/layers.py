@@ -29,11 +29,19 @@ from torch.nn.utils import parametrize as tparam
 from reparam.core.errors import ReparamError
 from reparam.core.protocol import tag
 
+TEMPLATE_INITS = ("per-template", "stacked")
 
-def _kaiming_templates(n: int, block_shape: tuple[int, ...]) -> torch.Tensor:
+
+def _kaiming_templates(n: int, block_shape: tuple[int, ...], init: str = "per-template") -> torch.Tensor:
+    """Kaiming-normal templates. "per-template" (default): each template with its own layer fan-in, so a
+    member starts with a standard layer's scale. "stacked": the official code's kaiming_normal_ over the
+    stacked [n, out, in, k, k] tensor, whose fan-in counts the output channels too (out * in * k * k):
+    templates sqrt(out) times smaller (4x at WRN-10-2, about 18x in WRN-28-10's last stage)."""
     t = torch.empty(n, *block_shape)
+    if init == "stacked":
+        nn.init.kaiming_normal_(t)       # torch's defaults, as the official code calls it
+        return t
     for j in range(n):
-        # Each template on its own: kaiming on the stacked [n, ...] tensor would use the wrong fan-in.
         nn.init.kaiming_normal_(t[j], mode="fan_in", nonlinearity="relu")
     return t
 
@@ -44,7 +52,7 @@ class TemplateMix(nn.Module):
     reparam_method = "mixturegrowth"
 
     def __init__(self, block_shape: tuple[int, ...], grid: tuple[int, int], n_templates: int = 2,
-                 num_sets: int = 2, share_from: TemplateMix | None = None):
+                 num_sets: int = 2, share_from: TemplateMix | None = None, template_init: str = "per-template"):
         super().__init__()
         self.block_shape = tuple(block_shape)
         self.grid_shape = tuple(grid)           # (g_out, g_in) of the grown layer
@@ -54,7 +62,8 @@ class TemplateMix(nn.Module):
             self.templates = nn.ParameterList(list(share_from.templates))
         else:
             self.templates = nn.ParameterList(
-                [nn.Parameter(_kaiming_templates(n_templates, self.block_shape)) for _ in range(num_sets)])
+                [nn.Parameter(_kaiming_templates(n_templates, self.block_shape, template_init))
+                 for _ in range(num_sets)])
         n_blocks = self.grid_shape[0] * self.grid_shape[1]
         rows = torch.empty(max(n_blocks, 2), n_templates)
         nn.init.orthogonal_(rows)                # soft-sharing's construction-time coefficient init

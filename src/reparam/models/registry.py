@@ -150,8 +150,79 @@ def model_spec(name: str, splits, **options: Any) -> dict[str, Any]:
             "options": options}
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild an architecture from `model.build_args` (as stored in file headers)."""
-    return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                       image_size=tuple(spec["image_size"]), mean=spec.get("mean"), std=spec.get("std"),
-                       **spec.get("options", {}))
+# A spec read from a file is untrusted: its numbers are bounded before anything is built, the model is
+# first built on the meta device (no memory) and counted, and only then built for real.
+MAX_MODEL_NUMBERS = 1 << 30      # parameters + buffers (4 GiB as float32)
+MAX_SPEC_INT = 1 << 16           # any integer in a spec (widths, depths, classes, image sides, list lengths)
+
+
+def _spec_ok(value: Any, depth: int = 0) -> bool:
+    """JSON values with every integer in [-MAX_SPEC_INT, MAX_SPEC_INT], finite floats, short lists/strings."""
+    if depth > 4:
+        return False
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= MAX_SPEC_INT
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    if isinstance(value, str):
+        return len(value) <= 256
+    if isinstance(value, list):
+        return len(value) <= 1024 and all(_spec_ok(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 64 and all(isinstance(k, str) and _spec_ok(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _check_spec(spec: Any) -> None:
+    ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str) and _spec_ok(spec)
+          and all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) and spec[k] >= 1
+                  for k in ("num_classes", "in_channels"))
+          and isinstance(spec.get("image_size"), list) and len(spec["image_size"]) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in spec["image_size"])
+          and all(spec.get(k) is None or isinstance(spec.get(k), list) for k in ("mean", "std"))
+          and isinstance(spec.get("options", {}), dict)
+          and all(int(n) <= MAX_SPEC_INT for n in re.findall(r"\d+", spec["name"])[:8]))
+    if not ok:
+        raise ReparamError("the model spec is not a valid reparam model spec (name, num_classes, in_channels, "
+                           f"image_size, mean, std, options within bounds; integers at most {MAX_SPEC_INT})")
+
+
+def build_from_spec(spec: dict[str, Any], expect: dict[str, list[int]] | None = None) -> nn.Module:
+    """Rebuild an architecture from `model.build_args` (as stored in file headers).
+
+    The spec is type- and bound-checked and the model is built on the meta device first: one with more than
+    MAX_MODEL_NUMBERS numbers, or (with `expect`, a file's {state name: shape}) other tensors than the file
+    describes, is refused before any memory is allocated.
+    """
+    import math
+
+    import torch
+
+    _check_spec(spec)
+
+    def build():
+        try:
+            return build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                               image_size=tuple(spec["image_size"]), mean=spec.get("mean"), std=spec.get("std"),
+                               **spec.get("options", {}))
+        except ReparamError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError) as e:
+            raise ReparamError(f"model {spec['name']!r} cannot be built from this spec ({type(e).__name__})") \
+                from None
+
+    with torch.device("meta"):
+        probe = build()
+    state = {k: list(v.shape) for k, v in probe.state_dict().items()}
+    total = sum(math.prod(s) for s in state.values())
+    if total > MAX_MODEL_NUMBERS:
+        raise ReparamError(f"model {spec['name']!r} from this spec has {total:,} numbers; at most "
+                           f"{MAX_MODEL_NUMBERS:,} are allowed")
+    if expect is not None:
+        for name in sorted(set(state) | set(expect)):
+            if state.get(name) != (list(expect[name]) if name in expect else None):
+                raise ReparamError(f"the file's tensor {name!r} ({expect.get(name)}) does not match model "
+                                   f"{spec['name']!r} built from its spec ({state.get(name)})")
+    return build()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,9 @@ import torch.nn as nn
 
 from reparam.core import generator
 from reparam.core.errors import ReparamError
-from reparam.core.fileformat import check_state_matches, load_tensors, read_header, save_tensors
+from reparam.core.fileformat import check_state_matches, load_tensors, save_tensors
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.core import CANON_ROWS, PrancCoefficients, apply_pranc, fold_pranc, pranc_core
-from reparam.pranc.layout import Segment
 
 KIND = "pranc"
 PRANC_VERSION = 1
@@ -160,24 +160,139 @@ def round_alpha(model: nn.Module, coef_dtype: str) -> None:
 
 
 def read_prnc_header(path: str | Path) -> dict[str, Any]:
-    header = read_header(path)
+    """The header of any .prnc file (classifier or image), after the CRC32 of the whole file is verified and
+    the fields every PRANC file shares are checked. Content-specific fields are checked by their readers."""
+    header = load_tensors(path, KIND)[1]   # CRC first: nothing of a damaged header is used
     _check_header(path, header)
     return header
 
 
 def _check_header(path, header: dict[str, Any]) -> None:
     if header.get("kind") != KIND:
-        raise ReparamError(f"{path}: file kind {header.get('kind')!r} is not a PRANC signature ('pranc')")
-    if header.get("pranc_version") != PRANC_VERSION:
-        raise ReparamError(f"{path}: PRANC file version {header.get('pranc_version')!r} is not supported "
+        raise ReparamError(f"{path}: file kind {_short(header.get('kind'))} is not a PRANC signature ('pranc')")
+    if header.get("pranc_version") != PRANC_VERSION or isinstance(header.get("pranc_version"), bool):
+        raise ReparamError(f"{path}: PRANC file version {_short(header.get('pranc_version'))} is not supported "
                            f"(this reparam reads version {PRANC_VERSION})")
-    gen = header.get("generator") or {}
-    if gen.get("name") != generator.GENERATOR_NAME or gen.get("version") != generator.GENERATOR_VERSION:
-        raise ReparamError(f"{path}: basis generator {gen.get('name')!r} version {gen.get('version')!r} is not "
+    gen = header.get("generator")
+    if not isinstance(gen, dict) or gen.get("name") != generator.GENERATOR_NAME or \
+            gen.get("version") != generator.GENERATOR_VERSION or isinstance(gen.get("version"), bool):
+        got = (gen.get("name"), gen.get("version")) if isinstance(gen, dict) else (gen, None)
+        raise ReparamError(f"{path}: basis generator {_short(got[0])} version {_short(got[1])} is not "
                            f"supported (this reparam has {generator.GENERATOR_NAME!r} version "
                            f"{generator.GENERATOR_VERSION})")
-    if header.get("canon_rows") != CANON_ROWS:
-        raise ReparamError(f"{path}: canonical row group {header.get('canon_rows')!r} != {CANON_ROWS}")
+    if header.get("canon_rows") != CANON_ROWS or isinstance(header.get("canon_rows"), bool):
+        raise ReparamError(f"{path}: canonical row group {_short(header.get('canon_rows'))} != {CANON_ROWS}")
+    if not isinstance(header.get("content"), str):
+        raise ReparamError(f"{path}: header field 'content' is missing or not a string")
+
+
+# ---------------------------------------------------------------- header validation (classifier files)
+# Every field a classifier .prnc reader uses, with its check. A new field is one more entry here (and, if
+# it may be absent in older files, a name in OPTIONAL_FIELDS). Bounds keep a crafted header (CRC32 is an
+# integrity check, not a signature) from driving an allocation: k must equal the stored alpha's length,
+# and the dense model a file describes is at most MAX_DENSE numbers.
+MAX_DENSE = 1 << 30          # basis parameters d (4 GiB as float32)
+MAX_BLOCKS = 1 << 16         # coefficient blocks / basis tensors
+MAX_CHUNK = 1 << 20
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(lo: int, hi: int) -> Check:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _one_of(*allowed: str) -> Check:
+    return lambda v: isinstance(v, str) and v in allowed
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= MAX_BLOCKS and all(isinstance(x, str) for x in v)
+
+
+def _shape(v: Any) -> bool:
+    return isinstance(v, list) and len(v) <= 8 and all(_is_int(0, MAX_DENSE)(x) for x in v)
+
+
+def _block(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("name"), str) and all(
+        _is_int(lo, MAX_DENSE)(v.get(key)) for key, lo in (("index", 0), ("k", 1), ("d", 1), ("alpha_offset", 0)))
+
+
+def _segment(v: Any) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("module"), str) and isinstance(v.get("tensor"), str)
+            and _shape(v.get("shape")) and _is_int(0, MAX_BLOCKS)(v.get("block"))
+            and _is_int(0, MAX_DENSE)(v.get("offset")) and _is_num(v.get("scale")))
+
+
+def _dict_of(check: Check) -> Check:
+    return lambda v: isinstance(v, dict) and len(v) <= 4 * MAX_BLOCKS and all(check(x) for x in v.values())
+
+
+HEADER_FIELDS: dict[str, Check] = {
+    "seed": _is_int(-(2**63), 2**64 - 1),
+    "distribution": _one_of("default-init", "gaussian"),
+    "sigma": lambda v: v is None or (_is_num(v) and v > 0),
+    "mode": _one_of("materialized", "streamed"),
+    "chunk": _is_int(1, MAX_CHUNK),
+    "init": _one_of("e0", "l1-randn"),
+    "include_bias": lambda v: isinstance(v, bool),
+    "other_params": _one_of("train", "freeze"),
+    "exclude_state": _str_list,
+    "layout": _one_of("global", "per-layer"),
+    "blocks": lambda v: isinstance(v, list) and 1 <= len(v) <= MAX_BLOCKS and all(_block(b) for b in v),
+    "segments": lambda v: isinstance(v, list) and 1 <= len(v) <= MAX_BLOCKS and all(_segment(x) for x in v),
+    "coef_dtype": _one_of("float32", "float16"),
+    "architecture": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str)),
+    "param_hash": lambda v: isinstance(v, str),
+    "dense_tensors": _dict_of(_shape),
+    "counts": _dict_of(lambda x: x is None or _is_num(x)),
+    "extra": lambda v: isinstance(v, dict),
+}
+OPTIONAL_FIELDS = {"init", "include_bias", "other_params", "exclude_state", "architecture", "extra"}
+
+
+def validate_header(path, header: dict[str, Any], alpha_numel: int | None = None) -> dict[str, Any]:
+    """Check a classifier .prnc header field by field (HEADER_FIELDS) and across fields (blocks tile alpha,
+    segments lie inside their blocks). Call after the CRC32 check (load_tensors); returns the header."""
+    _check_header(path, header)
+    for name, check in HEADER_FIELDS.items():
+        if name not in header:
+            if name in OPTIONAL_FIELDS:
+                continue
+            raise ReparamError(f"{path}: header field {name!r} is missing; the file is damaged or not a "
+                               "classifier .prnc")
+        if not check(header[name]):
+            raise ReparamError(f"{path}: header field {name!r} has a value that is not allowed "
+                               f"({_short(header[name])})")
+    blocks, segments = header["blocks"], header["segments"]
+    offset = 0
+    for i, b in enumerate(blocks):
+        if b["index"] != i or b["alpha_offset"] != offset or b["k"] > MAX_DENSE:
+            raise ReparamError(f"{path}: coefficient block {i} is out of order or does not follow block {i - 1}")
+        offset += b["k"]
+    if alpha_numel is not None and offset != alpha_numel:
+        raise ReparamError(f"{path}: the blocks need {offset} coefficients, the file stores {alpha_numel}")
+    if sum(b["d"] for b in blocks) > MAX_DENSE:
+        raise ReparamError(f"{path}: the blocks describe more than {MAX_DENSE:,} basis parameters")
+    if len({b["name"] for b in blocks}) != len(blocks):
+        raise ReparamError(f"{path}: two coefficient blocks share a name")
+    if (header["layout"] == "global") != (len(blocks) == 1 and blocks[0]["name"] == "global"):
+        raise ReparamError(f"{path}: layout {header['layout']!r} does not match its {len(blocks)} block(s)")
+    for seg in segments:
+        numel = math.prod(seg["shape"])
+        if seg["block"] >= len(blocks) or seg["offset"] + numel > blocks[seg["block"]]["d"]:
+            raise ReparamError(f"{path}: basis tensor {seg['module']}.{seg['tensor']} lies outside its block")
+    return header
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def config_from_header(header: dict[str, Any]) -> PrancConfig:
@@ -212,15 +327,18 @@ def load_prnc(path: str | Path, model: nn.Module | None = None, *, seed: int | N
     `seed` overrides the stored basis seed (the wrong-seed ablation). The returned model is in eval mode;
     its eval-mode weights are exactly the weights it was trained and evaluated with.
     """
-    tensors, header = load_tensors(path, KIND)
-    _check_header(path, header)
+    tensors, header = load_tensors(path, KIND)   # CRC32 verified before any header value is used
+    alpha = tensors.get("alpha")
+    if alpha is None or alpha.dim() != 1 or not alpha.is_floating_point():
+        raise ReparamError(f"{path}: the file has no 1-D floating-point coefficient tensor 'alpha'")
+    validate_header(path, header, alpha.numel())
     if model is None:
         if not header.get("architecture"):
             raise ReparamError(f"{path}: the file has no architecture spec; pass the model to load_prnc")
         from reparam.models import build_from_spec
 
         try:
-            model = build_from_spec(header["architecture"])
+            model = build_from_spec(header["architecture"], expect=header["dense_tensors"])
         except ReparamError as e:
             raise ReparamError(f"{path}: cannot rebuild the architecture: {e}") from None
     if device is not None:
@@ -249,11 +367,10 @@ def load_prnc(path: str | Path, model: nn.Module | None = None, *, seed: int | N
         if why is None:
             for a, b in zip(header["segments"], segs):
                 if a != b:
-                    why = (f"basis tensor {Segment(**{**a, 'shape': tuple(a['shape'])}).state_name!r} is laid out "
-                           f"differently (file {a}, model {b})")
+                    name = f"{a['module']}.{a['tensor']}" if a["module"] else a["tensor"]
+                    why = f"basis tensor {name!r} is laid out differently (file {_short(a)}, model {b})"
                     break
         raise ReparamError(f"{path}: architecture mismatch: {why or 'parameter hash differs'}")
-    alpha = tensors["alpha"]
     if alpha.numel() != core.k:
         raise ReparamError(f"{path}: alpha has {alpha.numel()} coefficients, the layout needs {core.k}")
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
@@ -281,8 +398,11 @@ def decode_prnc(path: str | Path, *, seed: int | None = None) -> tuple[nn.Module
 
 
 def inspect_prnc(path: str | Path) -> dict[str, Any]:
-    """Header facts, sizes and compression ratios (without reading the tensor data)."""
-    header = read_prnc_header(path)
+    """Header facts, sizes and compression ratios, after the CRC32 check (so a damaged file is refused, not
+    described)."""
+    tensors, header = load_tensors(path, KIND)
+    alpha = tensors.get("alpha")
+    validate_header(path, header, alpha.numel() if alpha is not None else -1)
     size = Path(path).stat().st_size
     c = dict(header.get("counts", {}))
     dense_bytes = c.get("dense_bytes", 0)

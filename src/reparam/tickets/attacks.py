@@ -28,6 +28,9 @@ class PGDConfig:
     def step_size(self) -> float:
         return self.alpha if self.alpha is not None else 2.5 * self.eps / max(self.steps, 1)
 
+    def __post_init__(self) -> None:   # checked when built, like every Config
+        self.check()
+
     def check(self) -> PGDConfig:
         if self.norm not in NORMS:
             raise ReparamError(f"unknown attack norm {self.norm!r}; allowed: {', '.join(NORMS)}")

@@ -42,6 +42,9 @@ class IMPConfig:
     pattern: Pattern = field(default_factory=lambda: Pattern("unstructured"))
     scope: str = "global"
 
+    def __post_init__(self) -> None:   # checked when built, like every Config
+        self.check()
+
     def check(self) -> IMPConfig:
         if not 0 < self.rate < 1:
             raise ReparamError(f"IMP rate must be in (0, 1), got {self.rate}")
@@ -170,6 +173,9 @@ class LMPConfig:
     train_bn: bool = True              # BN affine trained with the scores and the new head
     train: object = None               # reparam.train.TrainConfig
     pgd: PGDConfig | None = None       # optional adversarial objective (off by default)
+
+    def __post_init__(self) -> None:   # checked when built, like every Config
+        self.check()
 
     def check(self) -> LMPConfig:
         if not 0 <= self.sparsity < 1:

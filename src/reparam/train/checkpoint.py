@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from reparam.core.errors import ReparamError
 from reparam.core.fileformat import load_tensors, save_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -47,9 +48,15 @@ def save_checkpoint(path: Path, model: torch.nn.Module, best_state: dict[str, to
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+                    scheduler: Any, check=None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Restore model, optimizer and scheduler; `check(header)` may refuse the checkpoint before anything
+    is changed. A damaged or foreign header is one ReparamError, never a KeyError."""
     tensors, header = load_tensors(path, "checkpoint")
     from reparam.core.fileformat import check_state_matches
+
+    _check_header(path, header)
+    if check is not None:
+        check(header)
 
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     check_state_matches(model_state, dict(model.state_dict()), f"checkpoint {path}")
@@ -61,3 +68,16 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     sched["lr_lambdas"] = [None] * len(optimizer.param_groups)
     scheduler.load_state_dict(sched)
     return best, header
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    ints = ("epoch", "global_step", "best_epoch")
+    ok = (all(isinstance(header.get(k), int) and not isinstance(header.get(k), bool) and header[k] >= 0
+              for k in ints)
+          and isinstance(header.get("best_val"), (int, float)) and isinstance(header.get("history"), list)
+          and isinstance(header.get("train_seconds"), (int, float)) and isinstance(header.get("callbacks", []), list)
+          and isinstance(header.get("optimizer"), dict) and isinstance(header["optimizer"].get("state"), dict)
+          and isinstance(header["optimizer"].get("param_groups"), list) and isinstance(header.get("scheduler"), dict))
+    if not ok:
+        raise ReparamError(f"checkpoint {path}: the header lacks or mistypes a training field "
+                           "(epoch, global_step, best_val, history, optimizer, scheduler); start a new run")

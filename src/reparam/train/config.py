@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -31,7 +32,9 @@ class TrainConfig:
     augment: str | None = None     # e.g. "crop4+flip"; see reparam.data.make_augment
     label_smoothing: float = 0.0
     eval_batch_size: int = 512
-    select_on: str = "val"         # model selection split: "val" or "last" (never test)
+    # Model selection: "val" (alias "best": the epoch with the best validation accuracy) or "last" (the final
+    # epoch); never test. None: the process default (set_default_select_on; the CLI's --select-on).
+    select_on: str | None = None
     progress: bool = True
     checkpoint: bool = True        # write OUT/checkpoint.* after every epoch when out_dir is set
     device: str | None = None      # "cpu", "cuda", "cuda:N", "auto"; None: the process default (set_default_device)
@@ -42,8 +45,15 @@ class TrainConfig:
     # found in the first step and assumed fixed (true of every method here), at no per-step cost. True: a
     # graph search every step, for models whose forward passes use different parameters from step to step.
     find_unused_parameters: bool = False
+    # Stop after this many optimizer steps (the last epoch is then partial): budgets finer than an epoch,
+    # e.g. MixtureGrowth's equal-FLOPs comparisons. The LR schedule spans max_steps. None: epochs * steps.
+    max_steps: int | None = None
 
     def validate(self) -> TrainConfig:
+        for name in ("lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ReparamError(f"{name} must be a finite number, got {v!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ReparamError(f"epochs must be a positive integer, got {self.epochs!r}")
         if self.batch_size < 1:
@@ -56,15 +66,45 @@ class TrainConfig:
             raise ReparamError(f"learning rate must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ReparamError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ReparamError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.gamma > 0:
+            raise ReparamError(f"gamma (the lr factor of step schedules) must be > 0, got {self.gamma}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ReparamError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.augment is not None:
+            from reparam.data import make_augment
+
+            make_augment(self.augment)   # an unknown augmentation fails here, before any output exists
         if self.warmup_epochs < 0 or self.warmup_epochs >= max(self.epochs, 1) and self.warmup_epochs:
             raise ReparamError(f"warmup epochs must be in [0, epochs), got {self.warmup_epochs}")
         resolve_device(self.device)
-        if self.select_on not in ("val", "last"):
-            raise ReparamError(f"select_on must be 'val' or 'last', got {self.select_on!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ReparamError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        resolve_select_on(self.select_on)
         return self
 
-    def to_dict(self) -> dict:
-        return dict(asdict(self), sync_bn=resolve_sync_bn(self.sync_bn))   # what the run used, for the records
+    def to_dict(self) -> dict:   # what the run used, for the records
+        return dict(asdict(self), sync_bn=resolve_sync_bn(self.sync_bn), select_on=resolve_select_on(self.select_on))
+
+
+SELECT_ON = {"val": "val", "best": "val", "last": "last"}
+_default_select_on = "val"
+
+
+def set_default_select_on(name: str) -> None:
+    """select_on of every TrainConfig that names none (the CLI's --select-on best|last)."""
+    global _default_select_on
+    _default_select_on = resolve_select_on(name)
+
+
+def resolve_select_on(value: str | None) -> str:
+    """'val' (best validation epoch; 'best' is the same) or 'last'."""
+    if value is None:
+        return _default_select_on
+    if value not in SELECT_ON:
+        raise ReparamError(f"select_on {value!r} is not allowed; allowed: best (= val), last")
+    return SELECT_ON[value]
 
 
 _default_device = os.environ.get("REPARAM_DEVICE", "cpu")

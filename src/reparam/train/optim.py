@@ -34,7 +34,7 @@ def make_optimizer(params: Iterable, config: TrainConfig) -> torch.optim.Optimiz
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
-    total = config.epochs * steps_per_epoch
+    total = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     warm = int(round(config.warmup_epochs * steps_per_epoch))
     if step < warm:
         return (step + 1) / warm

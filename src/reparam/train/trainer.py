@@ -22,7 +22,7 @@ from reparam.core.fileformat import atomic_write_text
 from reparam.core.runtime import derive_seed
 from reparam.train.callbacks import Callback
 from reparam.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from reparam.train.config import TrainConfig, resolve_device
+from reparam.train.config import TrainConfig, resolve_device, resolve_select_on
 from reparam.train.distributed import DistributedRun
 from reparam.train.hooks import Hook, as_callback
 from reparam.train.optim import default_param_groups, make_optimizer, make_scheduler
@@ -135,7 +135,8 @@ class Trainer:
         if path is None or not path.exists():
             return
         try:
-            self.best_state, h = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            self.best_state, h = load_checkpoint(path, self.model, self.optimizer, self.scheduler,
+                                                 check=self._check_resume_config)
         finally:
             if temporary:
                 path.unlink(missing_ok=True)
@@ -144,6 +145,23 @@ class Trainer:
         self.history, self.train_seconds = h["history"], h["train_seconds"]
         for cb, state in zip(self.callbacks, h.get("callbacks", [])):
             cb.load_state_dict(state)
+
+    # Settings that do not change what is computed: a run may resume on another device or process count.
+    RESUME_FREE = ("progress", "checkpoint", "device", "sync_bn", "find_unused_parameters", "eval_batch_size")
+
+    def _check_resume_config(self, header: dict[str, Any]) -> None:
+        """A checkpoint continues only the run it came from: refuse one written with other settings."""
+        stored = header.get("config")
+        if not isinstance(stored, dict):
+            raise ReparamError(f"checkpoint {self.checkpoint_path} records no training settings; start a new run")
+        now = json.loads(json.dumps(self.config.to_dict(), default=str))
+        stored = json.loads(json.dumps(stored, default=str))
+        diff = [k for k in sorted(set(now) | set(stored)) if k not in self.RESUME_FREE
+                and stored.get(k) != now.get(k)]
+        if diff:
+            listed = ", ".join(f"{k} {stored.get(k)!r} (now {now.get(k)!r})" for k in diff)
+            raise ReparamError(f"cannot resume from {self.checkpoint_path}: it was written with other training "
+                               f"settings: {listed}; resume with the same settings or start a new run")
 
     def _write_log(self) -> None:
         if self.out_dir is not None and rd.is_main():
@@ -160,6 +178,9 @@ class Trainer:
         forward = self.dist.forward_model if self.dist is not None else self.model
         loss_sum, correct, seen = 0.0, 0, 0
         for i in range(0, len(order), cfg.batch_size):
+            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                self.stop_training = True      # a partial last epoch: the step budget is spent
+                break
             idx = order[i:i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             if self.augment is not None:
@@ -210,6 +231,8 @@ class Trainer:
             correct += batch_correct
             seen += batch_n
             progress.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}")
+        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            self.stop_training = True
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen)}
 
     def fit(self, resume: bool = True) -> TrainResult:
@@ -225,6 +248,8 @@ class Trainer:
         cfg = self.config
         if resume:
             self._try_resume()
+        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+            self.stop_training = True          # resumed after the step budget was spent
         if self.dist is not None:
             self.dist.wrap()
         for cb in self.callbacks:
@@ -244,7 +269,7 @@ class Trainer:
                 record.update(val_acc=val["acc"], val_loss=val["loss"], lr=self.optimizer.param_groups[0]["lr"],
                               seconds=seconds)
                 self.epoch += 1
-                if cfg.select_on == "last" or val["acc"] > self.best_val:
+                if resolve_select_on(cfg.select_on) == "last" or val["acc"] > self.best_val:
                     self.best_val, self.best_epoch = val["acc"], self.epoch
                     self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 for cb in self.callbacks:

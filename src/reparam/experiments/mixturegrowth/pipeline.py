@@ -29,7 +29,7 @@ from reparam.core.runtime import derive_seed, seed_everything
 from reparam.experiments.mixturegrowth.baselines import widen
 from reparam.experiments.mixturegrowth.cka import cka_matrix, conv_outputs
 from reparam.mixturegrowth import Config, apply, fold, grow, member_mode, param_groups, set_member
-from reparam.mixturegrowth.flops import Phase, forward_macs, ledger, match_epochs, solve_budget
+from reparam.mixturegrowth.flops import Phase, epochs_of_steps, forward_macs, ledger, match_steps, solve_budget
 from reparam.mixturegrowth.grow import COEF_INITS, LAYOUTS
 from reparam.mixturegrowth.wrn import WideResNet, build_wrn
 from reparam.train import Callback, TrainConfig, Trainer
@@ -61,6 +61,7 @@ class GrowSettings:
     n_templates: int = 2
     share_templates: bool = False
     train_end_coefs: bool = False
+    template_init: str = "per-template"   # "stacked": the official code's template init
     lr: float = 0.1
     grown_lr: float = 0.02
     grown_schedule: str = "cosine"        # "restarts": the official code's cosine with 4 restarts
@@ -90,11 +91,14 @@ class GrowSettings:
 
 
 def _train_config(s: GrowSettings, epochs: int, lr: float, phase: int, schedule: str = "cosine",
-                  warmup: float = 0.0) -> TrainConfig:
+                  warmup: float = 0.0, steps: int | None = None, n_train: int | None = None) -> TrainConfig:
+    """A phase of `epochs` whole epochs, or of exactly `steps` optimizer steps (the last epoch partial)."""
+    if steps is not None:
+        epochs = math.ceil(steps / math.ceil(n_train / s.batch_size))
     return TrainConfig(epochs=epochs, batch_size=s.batch_size, optimizer="sgd", lr=lr, momentum=s.momentum,
                        nesterov=s.nesterov, weight_decay=s.weight_decay, schedule=schedule,
                        warmup_epochs=warmup if warmup < epochs else 0.0, seed=derive_seed(s.seed, phase),
-                       augment=s.augment, progress=s.progress, checkpoint=False).validate()
+                       augment=s.augment, progress=s.progress, checkpoint=False, max_steps=steps).validate()
 
 
 class CosineRestarts(Callback):
@@ -149,7 +153,7 @@ class RunResult:
     test_acc: float
     val_acc: float
     flops_norm: float
-    epochs: dict[str, int]
+    epochs: dict[str, float | int | None]   # epochs (fractional when planned in steps) and steps per phase
     ledger: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -170,7 +174,7 @@ def template_model(s: GrowSettings, splits) -> nn.Module:
     model = build_wrn(s.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
                       mean=splits.mean, std=splits.std, image_size=splits.image_size)
     apply(model, Config(n_templates=s.n_templates, share_templates=s.share_templates,
-                        train_end_coefs=s.train_end_coefs))
+                        train_end_coefs=s.train_end_coefs, template_init=s.template_init))
     return model
 
 
@@ -224,6 +228,8 @@ def _cache_key(s: GrowSettings, splits) -> str:
     keys = {k: getattr(s, k) for k in ("model", "full_epochs", "n_templates", "share_templates",
                                        "train_end_coefs", "lr", "weight_decay", "batch_size", "momentum",
                                        "nesterov", "augment", "seed")}
+    if s.template_init != "per-template":        # only then: caches of the default stay valid
+        keys["template_init"] = s.template_init
     keys["data"] = [getattr(splits, "name", "?"), len(splits.train), splits.num_classes]
     keys["format"] = NET1_FORMAT
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
@@ -265,7 +271,9 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
     r_small, r_big = macs(s, splits)
     ratio = r_small / r_big
     fraction = s.fraction if fusion else 0.0
-    plan = solve_budget(s.budget, fraction, ratio, s.full_epochs)
+    n = len(splits.train)
+    # planned in optimizer steps: every method of a comparison spends the budget to within half a step
+    plan = solve_budget(s.budget, fraction, ratio, s.full_epochs, n_train=n, batch_size=s.batch_size)
     model = _net1_model(s, splits, net1_state)
     snaps: list[torch.Tensor] = []
     phases: list[str] = []
@@ -274,11 +282,8 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
     probe = _probe(s, splits)
     opt2 = None
     if fusion:
-        if plan.net2_epochs < 1:
-            raise ReparamError(f"fraction {s.fraction} x {s.full_epochs} epochs rounds to no training of "
-                               "network 2; use fraction 0 (w/o fusion) or a larger fraction")
         set_member(model, 1)
-        cfg = _train_config(s, plan.net2_epochs, s.lr, phase=12)
+        cfg = _train_config(s, 0, s.lr, phase=12, steps=plan.net2_steps, n_train=n)
         trainer, res = _fit(model, splits, cfg, param_groups(model, s.weight_decay),
                             [FeatureSnapshots(probe, snaps, "net2", phases)])
         opt2 = trainer.optimizer
@@ -310,12 +315,11 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
             if p in opt2.state:
                 optimizer.state[p] = copy.deepcopy(opt2.state[p])
     if s.grown_schedule == "restarts":
-        cfg = _train_config(s, plan.grown_epochs, s.grown_lr, phase=14, schedule="constant")
-        steps = plan.grown_epochs * math.ceil(len(splits.train) / s.batch_size)
-        warm = int(round(s.grown_warmup * math.ceil(len(splits.train) / s.batch_size)))
-        callbacks.append(CosineRestarts(s.grown_lr, steps, warmup_steps=warm))
+        cfg = _train_config(s, 0, s.grown_lr, phase=14, schedule="constant", steps=plan.grown_steps, n_train=n)
+        warm = int(round(s.grown_warmup * math.ceil(n / s.batch_size)))
+        callbacks.append(CosineRestarts(s.grown_lr, plan.grown_steps, warmup_steps=warm))
     else:
-        cfg = _train_config(s, plan.grown_epochs, s.grown_lr, phase=14, warmup=s.grown_warmup)
+        cfg = _train_config(s, 0, s.grown_lr, phase=14, warmup=s.grown_warmup, steps=plan.grown_steps, n_train=n)
     _, res = _fit(model, splits, cfg, groups, callbacks, optimizer=optimizer)
     history += [dict(r, phase="grown") for r in res.history]
     # Fig. 5 analogue: layer x layer CKA between the small networks and the trained grown network.
@@ -329,7 +333,8 @@ def run_mixturegrowth(s: GrowSettings, splits, net1_state, fusion: bool = True) 
     led = ledger(phases_list, r_big, s.full_epochs, len(splits.train), charge_net1=s.charge_net1)
     extra["plan"] = asdict(plan)
     return RunResult("mixturegrowth" if fusion else "wo-fusion", s.seed, res.test_acc, res.val_acc,
-                     led.normalized, {"net2": plan.net2_epochs, "grown": plan.grown_epochs},
+                     led.normalized, {"net2": plan.net2_epochs, "grown": plan.grown_epochs,
+                                      "net2_steps": plan.net2_steps, "grown_steps": plan.grown_steps},
                      led.to_dict(), history, extra, snaps, phases, model, pre_growth)
 
 
@@ -345,7 +350,9 @@ def _member_coef_norm(model: nn.Module) -> float:
 
 def run_widening(s: GrowSettings, splits, net1_state, method: str) -> RunResult:
     r_small, r_big = macs(s, splits)
-    epochs = match_epochs(s.budget, 1.0, s.full_epochs)
+    n = len(splits.train)
+    steps = match_steps(s.budget, 1.0, s.full_epochs, n, s.batch_size)
+    epochs = epochs_of_steps(steps, n, s.batch_size)
     small = fold(_net1_model(s, splits, net1_state), member=0)
     large = plain_model(s, splits, half=False, seed_part=21)
     widen(small, large, method, seed=derive_seed(s.seed, 22))
@@ -353,12 +360,13 @@ def run_widening(s: GrowSettings, splits, net1_state, method: str) -> RunResult:
              "grown_test_acc_at_growth": _acc(large, splits.test)}
     snaps: list[torch.Tensor] = []
     phases: list[str] = []
-    cfg = _train_config(s, epochs, s.grown_lr, phase=14, warmup=s.grown_warmup)
+    cfg = _train_config(s, 0, s.grown_lr, phase=14, warmup=s.grown_warmup, steps=steps, n_train=n)
     _, res = _fit(large, splits, cfg, _plain_groups(large, s),
                   [FeatureSnapshots(_probe(s, splits), snaps, "grown", phases)])
     led = ledger([Phase("net1", s.full_epochs, r_small), Phase("grown", epochs, r_big)], r_big, s.full_epochs,
                  len(splits.train), charge_net1=s.charge_net1)
-    return RunResult(method, s.seed, res.test_acc, res.val_acc, led.normalized, {"grown": epochs},
+    return RunResult(method, s.seed, res.test_acc, res.val_acc, led.normalized,
+                     {"grown": epochs, "grown_steps": steps},
                      led.to_dict(), [dict(r, phase="grown") for r in res.history], extra, snaps, phases, large)
 
 
@@ -371,18 +379,22 @@ def run_scratch(s: GrowSettings, splits, method: str) -> RunResult:
     r_small, r_big = macs(s, splits)
     half = method.startswith("small")
     ratio = r_small / r_big if half else 1.0
+    n = len(splits.train)
+    steps = None
     if method.endswith("match"):
-        epochs = match_epochs(s.budget, ratio, s.full_epochs)
+        steps = match_steps(s.budget, ratio, s.full_epochs, n, s.batch_size)
+        epochs = epochs_of_steps(steps, n, s.batch_size)
     else:
         epochs = s.full_epochs
     model = plain_model(s, splits, half=half, seed_part=31)
     snaps: list[torch.Tensor] = []
     phases: list[str] = []
-    cfg = _train_config(s, epochs, s.lr, phase=15)
+    cfg = _train_config(s, epochs, s.lr, phase=15, steps=steps, n_train=n)
     _, res = _fit(model, splits, cfg, _plain_groups(model, s),
                   [FeatureSnapshots(_probe(s, splits), snaps, "scratch", phases)])
     led = ledger([Phase("scratch", epochs, r_small if half else r_big)], r_big, s.full_epochs, len(splits.train))
-    return RunResult(method, s.seed, res.test_acc, res.val_acc, led.normalized, {"scratch": epochs},
+    return RunResult(method, s.seed, res.test_acc, res.val_acc, led.normalized,
+                     {"scratch": epochs, "scratch_steps": steps},
                      led.to_dict(), [dict(r, phase="scratch") for r in res.history], {}, snaps, phases, model)
 
 
