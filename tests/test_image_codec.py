@@ -222,6 +222,25 @@ def test_header_values_bounded_before_allocation():
         struct.pack_into(fmt, bad, off, value)
         with pytest.raises(ReparamError, match=words):
             container.parse(_recrc(bad))
+    # each field within its own bounds, together too much work: a 4096x4096 render by a width-512 network,
+    # or 65535 coefficients of a million-weight layer (issue 16's known gap); refused by pack and by parse
+    for kw, words in (({"height": 4096, "width": 4096, "inr_width": 512}, "multiply-adds"),
+                      ({"inr_width": 512, "fourier": 1024, "budgets": [65535, 65535, 10]}, "basis numbers")):
+        with pytest.raises(ReparamError, match=words):
+            container.pack(_header(**kw), bytes(8))
+        bad = bytearray(data)
+        h = _header(**kw)
+        struct.pack_into("<HHHH", bad, 8, h.height, h.width, h.inr_width, h.fourier)
+        struct.pack_into("<H", bad, 38, h.budgets[0])
+        struct.pack_into("<H", bad, 42, h.budgets[1])
+        with pytest.raises(ReparamError, match=words):
+            container.parse(_recrc(bad))
+    # the encoder applies the same bounds before it fits anything
+    for spec, words in ((InrSpec(width=container.MAX_WIDTH + 1, depth=1, fourier=4), "INR width"),
+                        (InrSpec(width=8, depth=container.MAX_DEPTH + 1, fourier=4), "depth")):
+        cfg = codec.CodecConfig(inr=spec, fit=FitConfig(steps=1), qat_steps=0, widen=False)
+        with pytest.raises(ReparamError, match=words):
+            codec.encode(image(), 40.0, cfg, progress=False)
 
 
 def test_fuzz_damaged_files_refused_or_identical(encoded):

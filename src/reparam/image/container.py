@@ -34,7 +34,9 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from reparam.core.errors import ReparamError
 
@@ -45,11 +47,14 @@ _LAYER = struct.Struct("<HBB")
 FIXED_BYTES = _FIXED.size                      # 38
 LAYER_BYTES = _LAYER.size                      # 4
 CRC_BYTES = 4
+MIN_SIDE = 8              # pixels a side
 MAX_SIDE = 4096           # pixels a side (bounds what a decoder renders)
 MAX_WIDTH = 512           # hidden units
 MAX_DEPTH = 16
 MAX_FOURIER = 1024
 MAX_BOUND = 32767
+MAX_BASIS_ENTRIES = 1 << 33   # basis numbers a decoder regenerates (about a minute on one thread)
+MAX_RENDER_MACS = 1 << 38     # multiply-adds of rendering (about a minute on one thread)
 MAX_FILE = 1 << 26        # 64 MiB: far above any sensible codec file; bounds what is read into memory
 FLAG_SIGMOID, FLAG_GAUSSIAN_BASIS, FLAG_GAUSSIAN_MODEL, FLAG_SINE = 1, 2, 4, 8
 FLAGS = FLAG_SIGMOID | FLAG_GAUSSIAN_BASIS | FLAG_GAUSSIAN_MODEL | FLAG_SINE
@@ -101,38 +106,93 @@ def file_overhead(layers: int) -> int:
     return FIXED_BYTES + LAYER_BYTES * layers + CRC_BYTES
 
 
-def _f32(x: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", x))[0]
+def _int_in(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _float_in(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, float) and math.isfinite(v) and lo <= v <= hi
+
+
+# Every header field: (what it is called in an error, its check, what is allowed). Bounded here, before
+# anything is allocated or computed from it; `pack` applies the same table, so a written file reads back.
+HEADER_FIELDS: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "channels": ("channels", lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+    "height": ("image height", _int_in(MIN_SIDE, MAX_SIDE), f"{MIN_SIDE}..{MAX_SIDE}"),
+    "width": ("image width", _int_in(MIN_SIDE, MAX_SIDE), f"{MIN_SIDE}..{MAX_SIDE}"),
+    "inr_width": ("INR width", _int_in(1, MAX_WIDTH), f"1..{MAX_WIDTH}"),
+    "depth": ("depth", _int_in(1, MAX_DEPTH), f"1..{MAX_DEPTH}"),
+    "fourier": ("Fourier frequencies", _int_in(1, MAX_FOURIER), f"1..{MAX_FOURIER}"),
+    "sigma": ("Fourier sigma", _float_in(1e-6, 1e4), "a finite value in [1e-6, 1e4]"),
+    "fourier_seed": ("Fourier seed", _int_in(0, 2**32 - 1), "0..2**32-1"),
+    "seed": ("basis seed", _int_in(0, 2**32 - 1), "0..2**32-1"),
+    "step": ("quantization step", _float_in(1e-12, 1e4), "a finite value in [1e-12, 1e4]"),
+    "budgets": ("layer coefficient counts", lambda v: isinstance(v, list) and all(_int_in(1, 65535)(k) for k in v),
+                "1..65535 each"),
+    "scale_codes": ("entropy-model scale codes", lambda v: isinstance(v, list) and all(_int_in(0, 255)(c) for c in v),
+                    "0..255 each"),
+    "ratio_codes": ("step-ratio codes", lambda v: isinstance(v, list) and all(_int_in(0, 255)(c) for c in v),
+                    "0..255 each"),
+    "bound": ("symbol bound", _int_in(1, MAX_BOUND), f"1..{MAX_BOUND}"),
+    "decoded_crc32": ("decoded CRC32", _int_in(0, 2**32 - 1), "0..2**32-1"),
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def render_macs(channels: int, height: int, width: int, inr_width: int, depth: int, fourier: int) -> int:
+    """Multiply-adds of rendering the image (Fourier features + every Linear layer, for every pixel)."""
+    per_pixel = 2 * fourier + sum(layer_sizes(channels, inr_width, depth, fourier))
+    return height * width * per_pixel
+
+
+def check_work(channels: int, height: int, width: int, inr_width: int, depth: int, fourier: int,
+               budgets: list[int], where: str = "image file") -> None:
+    """What a decoder agrees to compute: at most MAX_BASIS_ENTRIES regenerated basis numbers (sum over
+    layers of k_b * layer size) and MAX_RENDER_MACS multiply-adds of rendering. The encoder calls it
+    before fitting, so it never makes a file that a decoder refuses."""
+    sizes = layer_sizes(channels, inr_width, depth, fourier)
+    basis = sum(k * s for k, s in zip(budgets, sizes, strict=False))
+    if basis > MAX_BASIS_ENTRIES:
+        raise ReparamError(f"{where}: {basis:,} basis numbers to regenerate (coefficients x layer sizes) is not "
+                           f"allowed; allowed: at most {MAX_BASIS_ENTRIES:,}")
+    macs = render_macs(channels, height, width, inr_width, depth, fourier)
+    if macs > MAX_RENDER_MACS:
+        raise ReparamError(f"{where}: rendering {width}x{height} pixels with a width-{inr_width} depth-{depth} "
+                           f"network ({macs:,} multiply-adds) is not allowed; allowed: at most {MAX_RENDER_MACS:,}")
+
+
+def check_network(channels: int, height: int, width: int, inr_width: int, depth: int, fourier: int,
+                  budgets: list[int], where: str = "image") -> None:
+    """The image and network fields of a header that is yet to be written (the encoder's early check)."""
+    values = {"channels": channels, "height": height, "width": width, "inr_width": inr_width, "depth": depth,
+              "fourier": fourier, "budgets": list(budgets)}
+    for name, v in values.items():
+        label, ok, allowed = HEADER_FIELDS[name]
+        if not ok(v):
+            raise ReparamError(f"{where}: {label} {_short(v)} is not allowed in an image file; allowed: {allowed}")
+    check_work(channels, height, width, inr_width, depth, fourier, budgets, where)
 
 
 def _check(h: Header, where: str) -> None:
-    """Bounds of every field; the same for writing and reading, so a written file always reads back."""
-    def bad(field: str, value, allowed: str) -> ReparamError:
-        return ReparamError(f"{where}: {field} {value!r} is not allowed; allowed: {allowed}")
-
-    if h.channels not in (1, 3):
-        raise bad("channels", h.channels, "1 or 3")
-    for name, v, lo, hi in (("image height", h.height, 8, MAX_SIDE), ("image width", h.width, 8, MAX_SIDE),
-                            ("INR width", h.inr_width, 1, MAX_WIDTH), ("depth", h.depth, 1, MAX_DEPTH),
-                            ("Fourier frequencies", h.fourier, 1, MAX_FOURIER),
-                            ("symbol bound", h.bound, 1, MAX_BOUND)):
-        if not isinstance(v, int) or not lo <= v <= hi:
-            raise bad(name, v, f"{lo}..{hi}")
-    for name, v in (("Fourier seed", h.fourier_seed), ("basis seed", h.seed), ("decoded CRC32", h.decoded_crc32)):
-        if not isinstance(v, int) or not 0 <= v < 2**32:
-            raise bad(name, v, "0..2**32-1")
-    if not (math.isfinite(h.sigma) and 0 < h.sigma <= 1e4):
-        raise bad("Fourier sigma", h.sigma, "a finite value in (0, 1e4]")
-    if not (math.isfinite(h.step) and 1e-12 <= h.step <= 1e4):
-        raise bad("quantization step", h.step, "a finite value in [1e-12, 1e4]")
+    """Every field against HEADER_FIELDS, then across fields (the layer table describes this network,
+    no budget exceeds its layer, the work is bounded): the same for writing and reading."""
+    for name, (label, ok, allowed) in HEADER_FIELDS.items():
+        v = getattr(h, name)
+        if not ok(v):
+            raise ReparamError(f"{where}: {label} {_short(v)} is not allowed; allowed: {allowed}")
     sizes = layer_sizes(h.channels, h.inr_width, h.depth, h.fourier)
     if not len(h.budgets) == len(h.scale_codes) == len(h.ratio_codes) == len(sizes):
-        raise bad("layer count", len(h.budgets), f"{len(sizes)} for depth {h.depth}")
+        raise ReparamError(f"{where}: layer count {len(h.budgets)} is not allowed; allowed: {len(sizes)} for "
+                           f"depth {h.depth}")
     for i, (k, s) in enumerate(zip(h.budgets, sizes, strict=True)):
-        if not isinstance(k, int) or not 1 <= k <= min(s, 65535):
-            raise bad(f"layer {i} coefficient count", k, f"1..{min(s, 65535)} (the layer has {s} weights)")
-    if any(not isinstance(c, int) or not 0 <= c <= 255 for c in h.scale_codes + h.ratio_codes):
-        raise bad("scale or step-ratio code", h.scale_codes + h.ratio_codes, "0..255 each")
+        if k > s:
+            raise ReparamError(f"{where}: layer {i} coefficient count {k} is not allowed; allowed: 1..{min(s, 65535)} "
+                               f"(the layer has {s} weights)")
+    check_work(h.channels, h.height, h.width, h.inr_width, h.depth, h.fourier, h.budgets, where)
 
 
 def layer_sizes(channels: int, width: int, depth: int, fourier: int) -> list[int]:
