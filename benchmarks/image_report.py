@@ -1,7 +1,7 @@
 """Markdown tables for docs/results/image_codec.md from the JSON files the runs wrote (no number is typed
 in by hand), and copies of the plots into docs/results/image_codec/.
 
-    python benchmarks/image_report.py --runs runs/image --docs docs/results/image_codec > /tmp/tables.md
+    python benchmarks/image_report.py --runs runs/image --docs docs/results/image_codec [--prefix rd] > /tmp/tables.md
 """
 
 from __future__ import annotations
@@ -144,14 +144,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs/image")
     ap.add_argument("--docs", default="docs/results/image_codec")
+    ap.add_argument("--prefix", default="rd", help="run folders are PREFIX128-IMAGE and PREFIX256-IMAGE")
     ap.add_argument("--tables", action="store_true", help="also the Table 8/9 run (benchmarks/image_tables.py)")
     args = ap.parse_args()
     runs, docs = Path(args.runs), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     for size in ("128", "256"):
         print(f"\n## {size}x{size}\n")
-        print("\n".join(target_summary(runs, f"rd{size}-*")))
-        print("\n".join(rd_tables(runs, docs, f"rd{size}-*")))
+        print("\n".join(target_summary(runs, f"{args.prefix}{size}-*")))
+        print("\n".join(rd_tables(runs, docs, f"{args.prefix}{size}-*")))
     if args.tables:
         print("\n".join(tables_8_9(runs, docs)))
     sp = runs / "speed.json"

@@ -454,3 +454,21 @@ def test_streamed_basis_for_large_networks_same_math(monkeypatch):
     assert pranc_core(m).mode == "streamed"
     big = codec.encode(x, BPP, cfg, progress=False)
     assert abs(small.float_psnr - big.float_psnr) < 0.05
+
+
+def test_sweep_command_ranks_settings_and_resumes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["image", "sweep", "camera", "--size", "16", "--bpp", "6", "--set", "qat_steps=0,3", "--steps", "5",
+            "--width", "8", "--depth", "1", "--fourier", "4", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert [r["setting"] for r in rows] == [{"qat_steps": 0}, {"qat_steps": 3}]
+    assert all(0.95 * 6 <= r["bpp"] <= 6 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(t["setting"]["qat_steps"] for t in summary) == [0, 3]
+    assert main(argv) == 0   # a rerun skips the finished points
+    assert len((out / "sweep.jsonl").read_text().splitlines()) == 2
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    assert main([*argv[:-3], "--out", str(tmp_path / "afile"), "--no-progress"]) == 2
+    assert "is an existing file" in capsys.readouterr().err

@@ -244,8 +244,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = sweep.parse_grid(args.set or [])
     if not grid:
         raise ReparamError("give at least one --set NAME=V1,V2,...; allowed names: " + ", ".join(sweep.SETTINGS))
-    if any(not b > 0 for b in args.bpp):
-        raise ReparamError("--bpp values must be positive")
+    check_output(args.out, kind="folder", overwrite=True)   # may exist: finished points are kept and skipped
     base = _config(args)
     images = {}
     for name in args.images.split(","):
@@ -254,11 +253,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = sweep.run(images, args.bpp, grid, base, Path(args.out), log=None if args.no_progress else print)
     table = sweep.summarize(rows)
     write_json(Path(args.out) / "summary.json", table)
-    print_table("settings by mean PSNR difference to JPEG at the same true bpp", [
-        (", ".join(f"{k}={v}" for k, v in t["setting"].items()),
-         f"{t['mean_psnr']:.2f} dB, vs JPEG {t['mean_vs_jpeg']:+.2f} dB" if t["mean_vs_jpeg"] is not None
-         else f"{t['mean_psnr']:.2f} dB, vs JPEG n/a",
-         ) + ((f"wins {t['wins']}/{t['points']}, {t['mean_cpu_s']:.0f} CPU s per encode",)) for t in table])
+    rows = []
+    for t in table:
+        vs = "n/a" if t["mean_vs_jpeg"] is None else f"{t['mean_vs_jpeg']:+.2f} dB"
+        rows.append((", ".join(f"{k}={v}" for k, v in t["setting"].items()),
+                     f"{t['mean_psnr']:.2f} dB, vs JPEG {vs}, wins {t['wins']}/{t['points']}, "
+                     f"{t['mean_cpu_s']:.0f} CPU s per encode"))
+    print_table("settings by mean PSNR difference to JPEG at the same true bpp", rows)
     return 0
 
 

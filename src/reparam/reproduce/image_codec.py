@@ -136,7 +136,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         verdict="holds" if ups == len(ps) - 1 else "does not hold",
         statistic=f"PSNR non-decreasing over p in {ps}: {ups}/{len(ps) - 1} steps",
         details={"p": ps, "psnr": top}, plots=["image_top_p.png"],
-        command=f"reparam image decode FILE.prnc -o out.png --top P   (FILE from: {cmd})"))
+        command=f"reparam image decode FILE.rpic -o out.png --top P   (FILE from: {cmd})"))
 
     # 4. Table 8: depth helps at a fixed number of coefficients
     deep = prnc
