@@ -24,9 +24,11 @@ network, 0.03 bpp at 128x128).
     ...    the payload: constriction range-coder words (uint32, little-endian)
     end-4  4    CRC32 of every byte before it
 
-`parse` checks the size, magic, version and CRC before reading any field, then bounds every field
-(image side, network size, budgets against the layers they describe, symbol bound) before anything is
-allocated; any failure is one ReparamError line. `pack` refuses values the format cannot hold.
+`parse` checks the size, magic, version and CRC before reading any field, then every field against
+HEADER_FIELDS, then across fields (the layer table describes this network, no budget above its layer, and
+the work a file asks for, basis numbers and render multiply-adds, is bounded) before anything is
+allocated; any failure is one ReparamError line. `pack` applies the same checks, so a written file reads
+back.
 """
 
 from __future__ import annotations
