@@ -1,7 +1,7 @@
 """Markdown tables for docs/results/image_codec.md from the JSON files the runs wrote (no number is typed
 in by hand), and copies of the plots into docs/results/image_codec/.
 
-    python benchmarks/image_report.py --runs runs/image --docs docs/results/image_codec
+    python benchmarks/image_report.py --runs runs/image --docs docs/results/image_codec [--prefix rd] > /tmp/tables.md
 """
 
 from __future__ import annotations
@@ -31,46 +31,72 @@ def at(points, bpp, key="psnr", nd=2):
     return f"> top: {f(pts[-1][key], nd)} at {f(pts[-1]['bpp'])} bpp"
 
 
-def rd_tables(runs: Path, docs: Path) -> list[str]:
+def rd_tables(runs: Path, docs: Path, pattern: str = "rd*-*") -> list[str]:
+    """One table per rd.json: every codec point against JPEG/WebP/AVIF at the same true bpp, BD-PSNR."""
     out = []
-    for d in sorted(runs.glob("rd*-*")):
+    for d in sorted(runs.glob(pattern)):
         if d.name.endswith(".partial") or not (d / "rd.json").exists():
             continue
         r = json.loads((d / "rd.json").read_text())
         c, h, w = r["image"]
         kind = next((p["msssim_kind"] for v in r["points"].values() for p in v), "ssim")
-        inr = r["inr"]
+        pts = r["points"]
         out.append(f"#### {r['source']} ({w}x{h}, {c} channel{'s' if c > 1 else ''})\n")
-        out.append(f"Command: `{r.get('command')}`. INR width {inr['width']}, depth {inr['depth']}, "
-                   f"M={inr['fourier']}, sigma={inr['sigma']}, {r['steps']} steps. Quality: PSNR dB / "
-                   f"{kind.upper()}.\n")
-        out.append("| k | file bytes | **true bpp** | coef-only bpp | paper's 2k/HW | PRANC | trained INR "
-                   "(width, bpp) | JPEG @ same true bpp | WebP @ same true bpp | JPEG / WebP @ coef-only bpp | "
-                   "JPEG / WebP @ paper's value |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        jpeg, webp = r["points"].get("jpeg", []), r["points"].get("webp", [])
-        for p in r["points"]["prnc"]:
-            q = next((q for q in r["points"].get("inr", []) if q.get("match_k") == p["k"]), None)
-            inr_s = f"{f(q['psnr'])} / {f(q['msssim'], 3)} (w{q['width']}, {f(q['bpp'])})" if q else "n/a"
-            out.append(f"| {p['k']} | {p['bytes']} | **{f(p['bpp'])}** | {f(p['payload_bpp'])} | "
-                       f"{f(p['paper_bpp'], 3)} | {f(p['psnr'])} / {f(p['msssim'], 3)} | {inr_s} | "
-                       f"{at(jpeg, p['bpp'])} / {at(jpeg, p['bpp'], 'msssim', 3)} | "
-                       f"{at(webp, p['bpp'])} / {at(webp, p['bpp'], 'msssim', 3)} | "
-                       f"{at(jpeg, p['payload_bpp'])} / {at(webp, p['payload_bpp'])} | "
-                       f"{at(jpeg, p['paper_bpp'])} / {at(webp, p['paper_bpp'])} |")
-        lo_j = min((p["bpp"] for p in jpeg), default=None)
-        lo_w = min((p["bpp"] for p in webp), default=None)
-        out.append(f"\nSmallest files: JPEG {f(lo_j)} bpp (quality 1), WebP {f(lo_w)} bpp (quality 0). "
-                   f"Encode time per PRANC point: "
-                   + ", ".join(f"{p['encode_seconds']:.0f} s" for p in r["points"]["prnc"]) + ".\n")
+        out.append(f"Command: `{r.get('command')}`. Quality: PSNR dB / {kind.upper()}.\n")
+        classic = [n for n in ("jpeg", "webp", "avif", "jp2") if pts.get(n)]
+        head = ["target bpp", "k (width)", "file bytes", "**true bpp**", "bits/coef", "codec", "float fit"]
+        head += ["trained fp16 INR"] if "inr" in pts else []
+        head += [f"{n.upper()} @ same true bpp" for n in classic] + ["encode s"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in pts["prnc"]:
+            row = [f"{p['target_bpp']:g}", f"{p['k']} (w{p['inr']['width']})", str(p["bytes"]), f"**{f(p['bpp'], 3)}**",
+                   f(p["bits_per_coef"]), f"{f(p['psnr'])} / {f(p['msssim'], 3)}", f(p["fit_psnr_fp32"])]
+            if "inr" in pts:
+                q = next((q for q in pts["inr"] if q.get("match_bpp") == p["target_bpp"]), None)
+                row.append(f"{f(q['psnr'])} (w{q['width']}, {f(q['bpp'])} bpp)" if q else "n/a (header too big)")
+            row += [f"{at(pts[n], p['bpp'])} / {at(pts[n], p['bpp'], 'msssim', 3)}" for n in classic]
+            row.append(f"{p['encode_seconds']:.0f}")
+            out.append("| " + " | ".join(row) + " |")
+        bd = r.get("bd_psnr_vs_jpeg", {})
+        lows = ", ".join(f"{n.upper()} {f(min(q['bpp'] for q in pts[n]))}" for n in classic)
+        out.append("\nBD-PSNR against JPEG (cubic fit in log rate over the shared range): "
+                   + ", ".join(f"{'codec' if n == 'prnc' else n.upper()} {'n/a' if v is None else f'{v:+.2f} dB'}"
+                               for n, v in bd.items()) + f". Smallest files (bpp): {lows}.\n")
         from reparam.experiments.image.rd import plot
 
         plot(r, d, f"{r['source']} {w}x{h}")  # regenerate from the JSON so every plot has the same series
         for png in ("rd_psnr.png", "rd_msssim.png"):
             if (d / png).exists():
-                dst = docs / f"{d.name}_{png}"
-                shutil.copy(d / png, dst)
-        out.append(f"![RD PSNR]({docs.name}/{d.name}_rd_psnr.png)\n")
+                shutil.copy(d / png, docs / f"{d.name}_{png}")
+        out.append(f"![RD PSNR]({docs.name}/{d.name}_rd_psnr.png) ![RD {kind}]({docs.name}/{d.name}_rd_msssim.png)\n")
+    return out
+
+
+def target_summary(runs: Path, pattern: str, rates=(0.5, 1.0)) -> list[str]:
+    """The issue's targets: codec minus JPEG at equal true bpp, per image and rate, mean and wins."""
+    rows, diffs = [], []
+    for d in sorted(runs.glob(pattern)):
+        if not (d / "rd.json").exists():
+            continue
+        r = json.loads((d / "rd.json").read_text())
+        from reparam.experiments.image.classic import value_at_bpp
+
+        for p in r["points"]["prnc"]:
+            if p["target_bpp"] not in rates:
+                continue
+            j = value_at_bpp(r["points"]["jpeg"], p["bpp"])
+            wp = value_at_bpp(r["points"].get("webp", []), p["bpp"])
+            av = value_at_bpp(r["points"].get("avif", []), p["bpp"])
+            diffs.append(None if j is None else p["psnr"] - j)
+            rows.append(f"| {r['source']} | {p['target_bpp']:g} | {f(p['bpp'], 3)} | {f(p['psnr'])} | {f(j)} | "
+                        f"{'n/a' if j is None else format(p['psnr'] - j, '+.2f')} | "
+                        f"{f(wp)} | {f(av)} |")
+    ok = [x for x in diffs if x is not None]
+    out = ["| image | target bpp | true bpp | codec PSNR | JPEG PSNR | codec - JPEG | WebP | AVIF |",
+           "|---|---|---|---|---|---|---|---|", *rows]
+    if ok:
+        out.append(f"\nMean codec - JPEG: **{sum(ok) / len(ok):+.2f} dB** over {len(ok)} cases; codec above JPEG "
+                   f"in **{sum(x > 0 for x in ok)} of {len(ok)}**.\n")
     return out
 
 
@@ -118,11 +144,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="runs/image")
     ap.add_argument("--docs", default="docs/results/image_codec")
+    ap.add_argument("--prefix", default="rd", help="run folders are PREFIX128-IMAGE and PREFIX256-IMAGE")
+    ap.add_argument("--tables", action="store_true", help="also the Table 8/9 run (benchmarks/image_tables.py)")
     args = ap.parse_args()
     runs, docs = Path(args.runs), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    print("\n".join(rd_tables(runs, docs)))
-    print("\n".join(tables_8_9(runs, docs)))
+    for size in ("128", "256"):
+        print(f"\n## {size}x{size}\n")
+        print("\n".join(target_summary(runs, f"{args.prefix}{size}-*")))
+        print("\n".join(rd_tables(runs, docs, f"{args.prefix}{size}-*")))
+    if args.tables:
+        print("\n".join(tables_8_9(runs, docs)))
     sp = runs / "speed.json"
     if sp.exists():
         print("\nSpeed:\n```\n" + sp.read_text() + "```")

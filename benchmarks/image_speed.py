@@ -1,6 +1,6 @@
-"""Encode/decode time and peak memory of the image codec (256x256 at about 0.3 true bpp by default).
+"""Encode/decode time and peak memory of the image codec (256x256, the codec's default settings).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/image_speed.py --size 256 --bpp 0.3 --steps 200 \
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/image_speed.py --size 256 --bpp 1.0 \
         --out runs/image/speed.json
 
 Each phase runs in its own subprocess so its peak resident memory (ru_maxrss) is its own. Decode is
@@ -21,13 +21,13 @@ from pathlib import Path
 
 
 def phase_encode(args) -> dict:
+    from dataclasses import replace
+
     import torch
 
     from reparam.core.runtime import set_threads
     from reparam.data import load_image
     from reparam.image import codec
-    from reparam.image.fit import FitConfig
-    from reparam.image.inr import InrSpec
     from reparam.image.metrics import from_uint8, quality
     from reparam.metrics.timing import peak_rss_mb
 
@@ -35,17 +35,20 @@ def phase_encode(args) -> dict:
     x = load_image(args.image, size=args.size, mode=None)
     x = from_uint8((x * 255).round().to(torch.uint8))
     c, h, w = x.shape
-    spec = InrSpec(width=args.width, depth=args.depth, fourier=args.fourier)
-    cfg = codec.CodecConfig(inr=spec, fit=FitConfig(steps=args.steps, lr=args.lr, eval_every=max(1, args.steps // 4)))
-    k = codec.coefficients_for_bpp(args.bpp, spec, c, h, w)
+    cfg = codec.CodecConfig()
+    if args.steps:
+        cfg = replace(cfg, fit=replace(cfg.fit, steps=args.steps))
     cpu0 = time.process_time()
-    enc = codec.encode(x, k, cfg, progress=False)
+    enc = codec.encode(x, args.bpp, cfg, progress=False)
     cpu = time.process_time() - cpu0
     size = codec.save(args.file, enc)
-    return {"k": k, "bytes": size, **codec.bpp_report(size, k, h, w), **quality(x, from_uint8(enc.decoded)),
+    k = enc.k
+    return {"k": k, "bytes": size, **codec.bpp_report(size, k, h, w, enc.header.header_bytes()),
+            **quality(x, from_uint8(enc.decoded)), "float_psnr": enc.float_psnr,
             "encode_seconds": enc.encode_seconds, "encode_cpu_seconds": cpu, "fit_seconds": enc.fit.seconds,
-            "seconds_per_step": enc.fit.seconds / args.steps, "steps": args.steps,
-            "encode_peak_rss_mb": peak_rss_mb(), "inr": spec.to_dict(), "image": [c, h, w]}
+            "qat_seconds": enc.qat.seconds if enc.qat else 0.0, "steps": cfg.fit.steps, "qat_steps": cfg.qat_steps,
+            "encode_peak_rss_mb": peak_rss_mb(), "inr": codec.read_image_header(args.file)["inr"],
+            "image": [c, h, w]}
 
 
 def phase_decode(args) -> dict:
@@ -73,14 +76,10 @@ def main() -> None:
     ap.add_argument("--phase", choices=["encode", "decode"], default=None)
     ap.add_argument("--image", default="astronaut")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--bpp", type=float, default=0.3)
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--fourier", type=int, default=32)
+    ap.add_argument("--bpp", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=None, help="float-fit steps (default: the codec's)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--file", default="runs/image/speed.prnc")
+    ap.add_argument("--file", default="runs/image/speed.rpic")
     ap.add_argument("--out", default="runs/image/speed.json")
     ap.add_argument("--decode-only", action="store_true", help="reuse --file and the encode numbers in --out")
     args = ap.parse_args()

@@ -20,25 +20,28 @@ import torch
 from reparam.core.outdir import output_dir, write_json
 from reparam.core.runtime import set_threads
 from reparam.data import load_image
-from reparam.image import codec
+from reparam.image import codec, container
 from reparam.image.fit import FitConfig
 from reparam.image.inr import InrSpec
 from reparam.image.metrics import from_uint8, quality
 from reparam.metrics.plots import line_plot
 from reparam.pranc import pranc_core
 
+BITS_PER_COEF = 6.0   # the rate of every point: the file for k coefficients at the codec's default density
+
 
 def encode_point(x, k, spec, fit, seed, tmp):
-    cfg = codec.CodecConfig(inr=spec, fit=fit, seed=seed)
-    enc = codec.encode(x, k, cfg, progress=False)
-    path = Path(tmp) / f"w{spec.width}_d{spec.depth}_lr{fit.lr}.prnc"
+    c, h, w = x.shape
+    cfg = codec.CodecConfig(inr=spec, fit=fit, seed=seed, widen=False)
+    bpp = (container.file_overhead(spec.depth + 1) * 8 + BITS_PER_COEF * k) / (h * w)
+    enc = codec.encode(x, bpp, cfg, k=k, progress=False)
+    path = Path(tmp) / f"w{spec.width}_d{spec.depth}_lr{fit.lr}.rpic"
     size = codec.save(path, enc)
     dec = codec.decode(path)
     assert dec.bit_exact
-    c, h, w = x.shape
     return path, {"width": spec.width, "depth": spec.depth, "k": k, "budgets": enc.budgets, "bytes": size,
-                  "lr": fit.lr, **codec.bpp_report(size, k, h, w), **quality(x, from_uint8(dec.image)),
-                  "encode_seconds": enc.encode_seconds}
+                  "lr": fit.lr, **codec.bpp_report(size, k, h, w, enc.header.header_bytes()),
+                  **quality(x, from_uint8(dec.image)), "encode_seconds": enc.encode_seconds}
 
 
 def keep_random(model, fraction, gen):

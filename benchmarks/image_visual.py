@@ -50,14 +50,14 @@ def main() -> None:
     size = Path(args.file).stat().st_size
     panels = [("original", x, None)]
     q = quality(x, from_uint8(dec.image))
-    panels.append((f"PRANC {size * 8 / (h * w):.2f} bpp, {q['psnr']:.2f} dB", from_uint8(dec.image), None))
+    panels.append((f"codec {size * 8 / (h * w):.2f} bpp, {q['psnr']:.2f} dB", from_uint8(dec.image), None))
     if args.progressive:
         panels = [("original", x, None)]
         for pct in [float(v) for v in args.progressive.split(",")]:
             d = codec.decode(args.file, top=pct)
             y = from_uint8(d.image)
             panels.append((f"top {pct:g}% ({d.kept} coef.), {quality(x, y)['psnr']:.2f} dB", y, None))
-    for name in () if args.progressive else ("jpeg", "webp"):
+    for name in () if args.progressive else [n for n in ("jpeg", "webp", "avif") if classic.available(n)]:
         qual, data = best_under(x, name, size)
         y = classic.decode_bytes(data, c)
         panels.append((f"{name.upper()} q{qual} {len(data) * 8 / (h * w):.2f} bpp, {quality(x, y)['psnr']:.2f} dB",

@@ -65,12 +65,12 @@ CASES = [
     (["image", "encode", "camera", "-o", "{new}.prnc", "--bpp", "1", "--size", "100000"], "pixels"),
     (["image", "encode", "{big}", "-o", "{new}.prnc", "--bpp", "1"], "pixels; allowed: at most"),
     (["image", "encode", "nosuchimage", "-o", "{new}.prnc", "--bpp", "1"], "unknown image 'nosuchimage'"),
-    (["image", "decode", "{junk}", "-o", "{new}.png"], "not a reparam safetensors file"),
+    (["image", "decode", "{junk}", "-o", "{new}.png"], "not a reparam image file"),
     (["image", "decode", "{img}", "-o", "{new}.jpg"], "must be a .png"),
     (["image", "decode", "{img}", "-o", "{new}.png", "--compare", "{junk}"], "not a readable image"),
     (["image", "decode", "{img}", "-o", "{new}.png", "--top", "0"], "--top"),
-    (["image", "info", "{junk}"], "not a reparam safetensors file"),
-    (["image", "info", "{prnc}"], "not an image"),
+    (["image", "info", "{junk}"], "not a reparam image file"),
+    (["image", "info", "{prnc}"], "not a reparam image file"),
     (["image", "rd", "camera", "--out", "{new}", "--bpp", "nan"], "--bpp: 'nan'"),
     (["image", "rd", "camera", "--out", "{new}", "--codecs", "prnc,,jpeg"], "empty item"),
     (["image", "rd", "camera", "--out", "{new}", "--codecs", "prnc,bogus"], "unknown codec 'bogus'"),
@@ -182,9 +182,9 @@ def files(tmp_path_factory):
     apply_pranc(model, PrancConfig(k=20))
     save_prnc(root / "model.prnc", model, architecture=spec)
     x = torch.rand(1, 8, 8)
-    enc = codec.encode(x, 40, codec.CodecConfig(inr=InrSpec(width=8, depth=1, fourier=4),
-                                                fit=FitConfig(steps=2)), progress=False)
-    codec.save(root / "image.prnc", enc)
+    enc = codec.encode(x, 40.0, codec.CodecConfig(inr=InrSpec(width=8, depth=1, fourier=4),   # 40 true bpp: 8x8
+                                                  fit=FitConfig(steps=2), qat_steps=2), progress=False)
+    codec.save(root / "image.rpic", enc)
     (root / "junk.bin").write_bytes(b"not a file of any kind")
     (root / "big.png").write_bytes(_png_claiming(12000, 12000))
     res = root / "res"
@@ -210,7 +210,7 @@ def test_bad_input_exit_2_one_line_nothing_written(files, tmp_path, monkeypatch,
     (work / "adir").mkdir()
     monkeypatch.chdir(work)   # relative defaults (runs/...) would land here
     subs = {"f": work / "afile", "d": work / "adir", "new": work / "new", "prnc": files / "model.prnc",
-            "model": files / "model.safetensors", "img": files / "image.prnc", "junk": files / "junk.bin",
+            "model": files / "model.safetensors", "img": files / "image.rpic", "junk": files / "junk.bin",
             "big": files / "big.png", "res": files / "res", "resbad": files / "resbad", "pre": files / "pre",
             "draw": files / "draw"}
     argv = [a.format(**subs) for a in argv]

@@ -123,8 +123,9 @@ def make_files(root: Path) -> dict[str, Path]:
     save_model(root / "model.safetensors", model, {"model_spec": spec, "method": "dense"})
     apply_pranc(model, PrancConfig(k=16))
     save_prnc(root / "model.prnc", model, architecture=spec, extra={"dataset": "digits", "data_seed": 0})
-    enc = codec.encode(torch.rand(1, 8, 8), 40, codec.CodecConfig(inr=InrSpec(width=8, depth=1, fourier=4),
-                                                                  fit=FitConfig(steps=2)), progress=False)
+    enc = codec.encode(torch.rand(1, 8, 8), 40.0, codec.CodecConfig(inr=InrSpec(width=8, depth=1, fourier=4),
+                                                                    fit=FitConfig(steps=2), qat_steps=2),
+                       progress=False)   # 40 true bpp: the header dominates an 8x8 image
     codec.save(root / "image.prnc", enc)
     batch = {b"data": np.arange(4 * 3072, dtype=np.uint8).reshape(4, 3072), b"labels": [0, 1, 2, 3]}
     (root / "cifar_batch").write_bytes(pickle.dumps(batch, protocol=2))

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,6 @@ from reparam.cli.common import (
     positive_float,
     positive_int,
     print_table,
-    seed_int,
 )
 from reparam.cli.validate import check_output, names
 from reparam.core.errors import ReparamError
@@ -27,11 +27,11 @@ from reparam.core.outdir import output_dir, write_json
 from reparam.core.runtime import default_threads, set_threads
 from reparam.data import load_image
 from reparam.data.images import MAX_PIXELS
-from reparam.image import codec
-from reparam.image.fit import FitConfig
+from reparam.image import codec, container
 from reparam.image.inr import InrSpec
 from reparam.image.metrics import from_uint8, quality
 
+SEED32 = number(int, 0, 2**32 - 1, allowed="an integer in [0, 2**32-1] (the image file stores 32 bits)")
 MODES = {"auto": None, "rgb": "RGB", "l": "L"}
 
 
@@ -59,32 +59,53 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_codec_args(p: argparse.ArgumentParser) -> None:
-    d, f = InrSpec(), FitConfig()
-    g = p.add_argument_group("network and fitting")
-    g.add_argument("--width", type=number(int, 1, 4096), default=d.width,
-                   help=f"hidden width, 1..4096 (default {d.width})")
-    g.add_argument("--depth", type=number(int, 1, 64), default=d.depth,
-                   help=f"hidden layers, each Linear -> LayerNorm -> ReLU (default {d.depth})")
-    g.add_argument("--fourier", type=number(int, 1, 4096), default=d.fourier,
-                   help=f"Fourier frequencies M (2M features; default {d.fourier})")
-    g.add_argument("--sigma", type=positive_float, default=d.sigma,
-                   help=f"Fourier scale, coordinates in [-1, 1] (default {d.sigma})")
-    g.add_argument("--fourier-seed", type=seed_int, default=0, help="seed of the Fourier matrix (stored)")
-    g.add_argument("--seed", type=seed_int, default=0, help="PRANC basis seed (stored)")
-    g.add_argument("--budget-rule", choices=codec.BUDGET_RULES, default="even",
-                   help="split of the coefficients over layers (default even, capped at each layer's size)")
-    g.add_argument("--steps", type=positive_int, default=f.steps, help=f"Adam steps (default {f.steps})")
-    g.add_argument("--lr", type=positive_float, default=f.lr, help=f"Adam learning rate (default {f.lr})")
-    g.add_argument("--fraction", type=fraction_upto_1, default=f.fraction,
-                   help=f"share of pixels per step (default {f.fraction})")
+    d = codec.CodecConfig()
+    g = p.add_argument_group("network, fitting and quantization (defaults chosen by `reparam image sweep`)")
+    g.add_argument("--width", type=number(int, 1, container.MAX_WIDTH), default=d.inr.width,
+                   help=f"hidden width, 1..{container.MAX_WIDTH} (default {d.inr.width})")
+    g.add_argument("--depth", type=number(int, 1, container.MAX_DEPTH), default=d.inr.depth,
+                   help=f"hidden layers 1..{container.MAX_DEPTH}, each Linear -> LayerNorm -> activation "
+                        f"(default {d.inr.depth})")
+    g.add_argument("--fourier", type=number(int, 1, container.MAX_FOURIER), default=d.inr.fourier,
+                   help=f"Fourier frequencies M (2M features; default {d.inr.fourier})")
+    g.add_argument("--sigma", type=positive_float, default=d.inr.sigma,
+                   help=f"Fourier scale, coordinates in [-1, 1] (default {d.inr.sigma})")
+    g.add_argument("--activation", choices=("relu", "sine"), default=d.inr.activation,
+                   help=f"hidden activation after each LayerNorm (default {d.inr.activation})")
+    g.add_argument("--fourier-seed", type=SEED32, default=0, help="seed of the Fourier matrix (stored, 32 bits)")
+    g.add_argument("--seed", type=SEED32, default=0, help="PRANC basis seed (stored, 32 bits)")
+    g.add_argument("--budget-rule", choices=codec.BUDGET_RULES, default=d.budget_rule,
+                   help=f"split of the coefficients over layers (default {d.budget_rule}, capped at each layer's size)")
+    g.add_argument("--steps", type=positive_int, default=d.fit.steps,
+                   help=f"Adam steps of the float fit (default {d.fit.steps})")
+    g.add_argument("--lr", type=positive_float, default=d.fit.lr, help=f"Adam learning rate (default {d.fit.lr})")
+    g.add_argument("--fraction", type=fraction_upto_1, default=d.fit.fraction,
+                   help=f"share of pixels per step (default {d.fit.fraction})")
+    g.add_argument("--max-pixels", type=positive_int, default=d.fit.max_pixels,
+                   help=f"at most this many pixels per step (default {d.fit.max_pixels})")
+    g.add_argument("--fixed-width", action="store_true",
+                   help=f"keep --width even when k is above {codec.MAX_K_SHARE:g} of the network's weights "
+                        f"(default: widen along {', '.join(map(str, codec.WIDTHS))})")
+    g.add_argument("--bits-per-coef", type=number(float, 0.5, 16), default=d.bits_per_coef,
+                   help=f"sets k from the rate: k = payload bits / this (default {d.bits_per_coef})")
+    g.add_argument("--qat-steps", type=number(int, 0, allowed="an integer >= 0"), default=d.qat_steps,
+                   help=f"quantization-aware fine-tuning steps (default {d.qat_steps})")
+    g.add_argument("--qat-lr", type=positive_float, default=d.qat_lr,
+                   help=f"quantization-aware learning rate (default {d.qat_lr})")
+    g.add_argument("--entropy-model", choices=codec.ENTROPY_MODELS, default=d.entropy_model,
+                   help=f"per-layer distribution of the coded symbols (default {d.entropy_model})")
 
 
 def _config(args: argparse.Namespace) -> codec.CodecConfig:
+    d = codec.CodecConfig()
     spec = InrSpec(width=args.width, depth=args.depth, fourier=args.fourier, sigma=args.sigma,
-                   fourier_seed=args.fourier_seed)
-    fit = FitConfig(steps=args.steps, lr=args.lr, fraction=args.fraction, seed=args.seed,
-                    eval_every=max(1, min(100, args.steps // 10)))
-    return codec.CodecConfig(inr=spec, seed=args.seed, budget_rule=args.budget_rule, fit=fit).validate()
+                   fourier_seed=args.fourier_seed, activation=args.activation)
+    fit = replace(d.fit, steps=args.steps, lr=args.lr, fraction=args.fraction, seed=args.seed,
+                  max_pixels=args.max_pixels,
+                  eval_every=max(1, min(100, args.steps // 10)), warmup=min(d.fit.warmup, args.steps - 1))
+    return codec.CodecConfig(inr=spec, seed=args.seed, budget_rule=args.budget_rule, fit=fit,
+                             bits_per_coef=args.bits_per_coef, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
+                             entropy_model=args.entropy_model, widen=not args.fixed_width).validate()
 
 
 def _load(args: argparse.Namespace) -> torch.Tensor:
@@ -104,31 +125,28 @@ def cmd_encode(args: argparse.Namespace) -> int:
     cfg = _config(args)
     x = _load(args)
     c, h, w = x.shape
-    if args.coefficients is not None:
-        k = args.coefficients
-    else:
-        k = codec.coefficients_for_bpp(args.bpp, cfg.inr, c, h, w, cfg.budget_rule, cfg.seed, cfg.distribution)
-    enc = codec.encode(x, k, cfg, progress=not args.no_progress)
+    enc = codec.encode(x, args.bpp, cfg, k=args.coefficients, progress=not args.no_progress)
     size = codec.save(out, enc)
-    capped = args.bpp is not None and k == sum(codec.layer_sizes(enc.model))
+    capped = args.coefficients is None and enc.k == sum(enc.budgets) == sum(codec.layer_sizes(enc.model))
     q = quality(x, from_uint8(enc.decoded))
-    b = codec.bpp_report(size, k, h, w)
+    b = codec.bpp_report(size, enc.k, h, w, enc.header.header_bytes())
     print_table(f"encoded {args.image} -> {out}", [
         ("image", f"{w}x{h}, {c} channel(s)"),
-        ("coefficients k", f"{k} (per layer {enc.budgets})"
+        ("coefficients k", f"{enc.k} (per layer {enc.budgets})"
                            + (": capped at the dense network's size" if capped else "")),
-        ("file", f"{size} bytes"),
-        ("true bits per pixel", f"{b['bpp']:.4f}  (file bytes * 8 / pixels, header included)"),
-        ("  coefficients only", f"{b['payload_bpp']:.4f}  (16 bits * k / pixels)"),
+        ("file", f"{size} bytes (target {enc.target_bytes}; header {enc.header.header_bytes()})"),
+        ("true bits per pixel", f"{b['bpp']:.4f}  (file bytes * 8 / pixels, header included; target {args.bpp:g})"),
+        ("  coded coefficients", f"{b['payload_bpp']:.4f}  ({b['bits_per_coef']:.2f} bits per coefficient)"),
         ("  paper's convention", f"{b['paper_bpp']:.4f}  (2k / pixels; NOT bits per pixel)"),
-        ("PSNR", f"{q['psnr']:.2f} dB"),
+        ("PSNR", f"{q['psnr']:.2f} dB (float fit before quantization {enc.float_psnr:.2f} dB)"),
         (q["msssim_kind"].upper(), f"{q['msssim']:.4f}"),
-        ("encode time", f"{enc.encode_seconds:.1f} s ({cfg.fit.steps} steps)"),
+        ("encode time", f"{enc.encode_seconds:.1f} s ({cfg.fit.steps} + {cfg.qat_steps} steps)"),
     ])
     if args.json:
-        write_json(args.json, {"file": str(out), "bytes": size, "k": k, "budgets": enc.budgets, **b, **q,
+        write_json(args.json, {"file": str(out), "bytes": size, "target_bytes": enc.target_bytes, "k": enc.k,
+                               "budgets": enc.budgets, **b, **q, "float_psnr": enc.float_psnr,
                                "encode_seconds": enc.encode_seconds, "inr": cfg.inr.to_dict(),
-                               "steps": cfg.fit.steps})
+                               "steps": cfg.fit.steps, "qat_steps": cfg.qat_steps})
     return 0
 
 
@@ -143,15 +161,14 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.compare:   # read (or refuse) the reference before the PNG is written
         ref = load_image(args.compare, size=(h, w), mode="L" if c == 1 else "RGB")
     atomic_write_bytes(out, codec.png_bytes(dec.image))
-    size = Path(args.file).stat().st_size
+    size = dec.header["file_bytes"]
     rows = [("image", f"{w}x{h}, {c} channel(s)"), ("file", f"{size} bytes, {size * 8 / (h * w):.4f} true bpp"),
             ("coefficients used", f"{dec.kept} of {sum(dec.header['budgets'])}"),
             ("decode time", f"{dec.seconds * 1000:.0f} ms")]
     if args.top is not None and args.top < 100:
         side = codec.subset_bits(dec.header["budgets"], args.top / 100)
-        rows.append(("progressive", f"largest {args.top:g}% per layer: {16 * dec.kept / (h * w):.4f} bpp of "
-                                    f"coefficients + {side / (h * w):.4f} bpp to say which "
-                                    f"(log2 C(k, n) per layer; header not counted)"))
+        rows.append(("progressive", f"largest {args.top:g}% per layer; saying which ones were kept costs "
+                                    f"{side / (h * w):.4f} bpp (log2 C(k, n) per layer), not counted in the file"))
     else:
         rows.append(("bit-exact", "yes (matches the encoder's CRC32)" if dec.bit_exact else
                      "NO: this machine's float arithmetic differs from the encoder's"))
@@ -166,20 +183,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     h = codec.read_image_header(args.file)
     c, hh, ww = h["image"]
-    size = Path(args.file).stat().st_size
+    size = h["file_bytes"]
     k = sum(int(b) for b in h["budgets"])
-    b = codec.bpp_report(size, k, hh, ww)
+    b = codec.bpp_report(size, k, hh, ww, h["header_bytes"])
     inr = h["inr"]
     print_table(f"{args.file}", [
-        ("content", f"image {ww}x{hh}, {c} channel(s)"),
+        ("content", f"image {ww}x{hh}, {c} channel(s) (RPIC v{h['version']})"),
         ("network", f"Fourier MLP width {inr['width']}, depth {inr['depth']}, M={inr['fourier']}, "
-                    f"sigma={inr['sigma']}, Fourier seed {inr['fourier_seed']}"),
-        ("PRANC", f"seed {h['seed']}, {h['distribution']} basis, {h['generator']['name']} "
-                  f"v{h['generator']['version']}"),
-        ("coefficients", f"{k} {h['coef_dtype']} (per layer {h['budgets']})"),
-        ("file", f"{size} bytes ({size - 2 * k} bytes of header and framing)"),
+                    f"sigma={inr['sigma']:g}, Fourier seed {inr['fourier_seed']}"),
+        ("PRANC", f"seed {h['seed']}, {h['distribution']} basis"),
+        ("coefficients", f"{k} (per layer {h['budgets']}), step {h['step']:.4g}, {h['entropy_model']} "
+                         f"range coding, symbols in [-{h['bound']}, {h['bound']}]"),
+        ("file", f"{size} bytes ({h['header_bytes']} bytes of header and CRC)"),
         ("true bits per pixel", f"{b['bpp']:.4f}"),
-        ("  coefficients only", f"{b['payload_bpp']:.4f}"),
+        ("  coded coefficients", f"{b['payload_bpp']:.4f} ({b['bits_per_coef']:.2f} bits per coefficient)"),
         ("  paper's convention", f"{b['paper_bpp']:.4f}  (2k / pixels; NOT bits per pixel)"),
     ])
     return 0
@@ -190,34 +207,29 @@ def cmd_rd(args: argparse.Namespace) -> int:
 
     _threads(args)
     codecs = rd.parse_codecs(names(args.codecs, rd.CODECS, "--codecs", "codec"))
-    if args.bpp and args.coefficients:
-        raise ReparamError("give either --bpp or --coefficients, not both")
-    if any(b <= 0 for b in args.bpp or []) or any(k <= 0 for k in args.coefficients or []):
-        raise ReparamError("--bpp and --coefficients values must be positive")
+    bpps = args.bpp or list(rd.DEFAULT_BPPS)
+    if any(not b > 0 for b in bpps):
+        raise ReparamError("--bpp values must be positive")
     cfg = _config(args)
     x = _load(args)
-    if ("prnc" in codecs or "inr" in codecs) and not (args.bpp or args.coefficients):
-        # default budgets: 1/32 .. 1/4 of the dense network's Linear weights
-        from reparam.image.inr import build_inr, layer_sizes
-
-        sizes = layer_sizes(build_inr(cfg.inr, *x.shape))
-        args.coefficients = sorted({max(len(sizes), sum(sizes) // f) for f in (32, 16, 8, 4)})
     t0 = time.perf_counter()
     with output_dir(args.out, overwrite=args.overwrite) as work:
-        result = rd.sweep(x, codecs=codecs, bpps=args.bpp or (), coefficients=args.coefficients or (), cfg=cfg,
-                          progress=not args.no_progress, log=None if args.no_progress else print)
+        result = rd.sweep(x, codecs=codecs, bpps=bpps, cfg=cfg, progress=not args.no_progress,
+                          log=None if args.no_progress else print)
         result["source"] = str(args.image)
         result["command"] = "reparam " + " ".join(sys.argv[1:])
         write_json(work / "rd.json", result)
         rd.plot(result, work, f"{args.image} {x.shape[2]}x{x.shape[1]}")
     rows = []
     for r in result["comparison"]:
-        parts = [f"{r['bpp']:.3f} bpp (paper conv. {r['paper_bpp']:.3f}): prnc {r['prnc_psnr']:.2f} dB"]
-        for name in ("inr", "jpeg", "webp", "jp2"):
+        parts = [f"{r['bpp']:.3f} bpp: prnc {r['prnc_psnr']:.2f} dB"]
+        for name in ("inr", "jpeg", "webp", "avif", "jp2"):
             v = r.get(f"{name}_psnr")
             if f"{name}_psnr" in r:
                 parts.append(f"{name} {v:.2f}" if v is not None else f"{name} n/a")
         rows.append((f"k={r['k']}", ", ".join(parts)))
+    for name, v in result.get("bd_psnr_vs_jpeg", {}).items():
+        rows.append((f"BD-PSNR {name} vs jpeg", "n/a (too few points)" if v is None else f"{v:+.2f} dB"))
     rows.append(("written", f"{args.out}/rd.json, rd_psnr.png, rd_msssim.png ({time.perf_counter() - t0:.0f} s)"))
     print_table(f"rate-distortion, {args.image}", rows)
     if args.print_json:
@@ -225,26 +237,53 @@ def cmd_rd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from reparam.experiments.image import sweep
+
+    _threads(args)
+    grid = sweep.parse_grid(args.set or [])
+    if not grid:
+        raise ReparamError("give at least one --set NAME=V1,V2,...; allowed names: " + ", ".join(sweep.SETTINGS))
+    check_output(args.out, kind="folder", overwrite=True)   # may exist: finished points are kept and skipped
+    base = _config(args)
+    images = {}
+    for name in args.images.split(","):
+        args.image = name.strip()
+        images[args.image] = _load(args)
+    rows = sweep.run(images, args.bpp, grid, base, Path(args.out), log=None if args.no_progress else print)
+    table = sweep.summarize(rows)
+    write_json(Path(args.out) / "summary.json", table)
+    rows = []
+    for t in table:
+        vs = "n/a" if t["mean_vs_jpeg"] is None else f"{t['mean_vs_jpeg']:+.2f} dB"
+        rows.append((", ".join(f"{k}={v}" for k, v in t["setting"].items()),
+                     f"{t['mean_psnr']:.2f} dB, vs JPEG {vs}, wins {t['wins']}/{t['points']}, "
+                     f"{t['mean_cpu_s']:.0f} CPU s per encode"))
+    print_table("settings by mean PSNR difference to JPEG at the same true bpp", rows)
+    return 0
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("image", help="image codec: a photo as a PRANC seed + fp16 coefficients",
+    p = subparsers.add_parser("image", help="image codec: a photo as a PRANC seed + entropy-coded coefficients",
                               description="Compress an image as the seed and coefficients of a PRANC Fourier-"
                                           "feature MLP; decode it; compare with JPEG/WebP in true bits per pixel.")
     sub = p.add_subparsers(dest="image_command", metavar="SUBCOMMAND", parser_class=type(p))
 
-    e = sub.add_parser("encode", help="fit and write a .prnc file")
+    e = sub.add_parser("encode", help="fit and write a .rpic file")
     _add_image_args(e)
-    e.add_argument("-o", "--output", required=True, help="output .prnc file")
-    budget = e.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--bpp", type=positive_float, help="target TRUE bits per pixel (whole file)")
-    budget.add_argument("--coefficients", type=positive_int, help="number of coefficients k")
+    e.add_argument("-o", "--output", required=True, help="output .rpic file")
+    e.add_argument("--bpp", type=positive_float, required=True,
+                   help="target TRUE bits per pixel (whole file, header included); the file is at most this")
+    e.add_argument("--coefficients", type=positive_int, default=None,
+                   help="number of coefficients k (default: from --bpp and --bits-per-coef)")
     _add_codec_args(e)
     e.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_runtime_args(e)
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="rebuild the image from a .prnc file alone")
-    d.add_argument("file", help="a .prnc image file")
+    d = sub.add_parser("decode", help="rebuild the image from a .rpic file alone")
+    d.add_argument("file", help="a .rpic image file")
     d.add_argument("-o", "--output", required=True, help="output .png")
     d.add_argument("--top", type=number(float, 0, 100, lo_open=True, allowed="a percentage in (0, 100]"),
                    default=None,
@@ -254,22 +293,33 @@ def register(subparsers) -> None:
     add_runtime_args(d)
     d.set_defaults(func=cmd_decode)
 
-    i = sub.add_parser("info", help="print what a .prnc image file holds and its rates")
-    i.add_argument("file", help="a .prnc image file")
+    i = sub.add_parser("info", help="print what a .rpic image file holds and its rates")
+    i.add_argument("file", help="a .rpic image file")
     i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("rd", help="rate-distortion sweep vs a trained INR, JPEG and WebP (true bpp)")
     _add_image_args(r)
     r.add_argument("--out", required=True, help="output folder (rd.json, rd_psnr.png, rd_msssim.png)")
     r.add_argument("--codecs", default=",".join(("prnc", "inr", "jpeg", "webp")),
-                   help="comma-separated: prnc, inr, jpeg, webp, jp2 (default prnc,inr,jpeg,webp)")
+                   help="comma-separated: prnc, inr, jpeg, webp, avif, jp2 (default prnc,inr,jpeg,webp)")
     r.add_argument("--bpp", type=list_of(positive_float, what="positive numbers"), default=None,
-                   help="target true bpp list for prnc (and inr)")
-    r.add_argument("--coefficients", type=list_of(positive_int, what="positive integers"), default=None,
-                   help="k list for prnc (default without --bpp: 1/32, 1/16, 1/8, 1/4 of the dense network)")
+                   help="target true bpp list for prnc (and inr); default 0.25,0.5,1,2")
     _add_codec_args(r)
     r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     r.add_argument("--print-json", action="store_true", help="print the comparison rows as JSON")
     add_runtime_args(r)
     r.set_defaults(func=cmd_rd)
+
+    w = sub.add_parser("sweep", help="measure codec settings against JPEG (how the defaults were chosen)")
+    w.add_argument("images", help="comma-separated images (paths or bundled names)")
+    w.add_argument("--size", type=_size, default=(128, 128), help="N or HxW (default 128)")
+    w.add_argument("--color", choices=sorted(MODES), default="auto", help=argparse.SUPPRESS)
+    w.add_argument("--bpp", type=list_of(positive_float, what="positive numbers"), default=[0.5, 1.0],
+                   help="target true bpp list (default 0.5,1)")
+    w.add_argument("--set", action="append", metavar="NAME=V1,V2",
+                   help="a setting and its values; repeat for a grid (every combination is run)")
+    w.add_argument("--out", required=True, help="folder: sweep.jsonl (appended, resumable) and summary.json")
+    _add_codec_args(w)
+    add_runtime_args(w)
+    w.set_defaults(func=cmd_sweep, out_kind=None)   # OUT is appended to (resumable), so it may exist
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

@@ -2,7 +2,8 @@
 
 `InrSpec` is everything needed to rebuild the network (besides its weights): the Fourier-feature MLP of
 reparam.models ("fourier-mlp"): 2*fourier features from a Gaussian matrix regenerated from `fourier_seed`,
-`depth` hidden Linear -> LayerNorm -> ReLU layers of `width`, a Linear output with one unit per channel.
+`depth` hidden Linear -> LayerNorm -> ReLU (or sine) layers of `width`, a Linear output with one unit per
+channel.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class InrSpec:
     sigma: float = 1.0
     fourier_seed: int = 0
     output: str = "linear"
+    activation: str = "relu"
 
     def validate(self) -> InrSpec:
         for name in ("width", "depth", "fourier"):
@@ -39,6 +41,8 @@ class InrSpec:
             raise ReparamError(f"Fourier seed must be in [0, 2**63), got {self.fourier_seed}")
         if self.output not in ("linear", "sigmoid"):
             raise ReparamError(f"unknown INR output {self.output!r}; allowed: linear, sigmoid")
+        if self.activation not in ("relu", "sine"):
+            raise ReparamError(f"unknown INR activation {self.activation!r}; allowed: relu, sine")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +52,7 @@ class InrSpec:
     def from_dict(cls, d: dict[str, Any]) -> InrSpec:
         return cls(width=int(d["width"]), depth=int(d["depth"]), fourier=int(d["fourier"]),
                    sigma=float(d["sigma"]), fourier_seed=int(d["fourier_seed"]),
-                   output=str(d.get("output", "linear"))).validate()
+                   output=str(d.get("output", "linear")), activation=str(d.get("activation", "relu"))).validate()
 
 
 def build_inr(spec: InrSpec, channels: int, height: int, width: int) -> FourierMLP:
@@ -57,7 +61,8 @@ def build_inr(spec: InrSpec, channels: int, height: int, width: int) -> FourierM
         raise ReparamError(f"images must have 1 or 3 channels, got {channels}")
     return build_model("fourier-mlp", num_classes=channels, in_channels=channels, image_size=(height, width),
                        out_channels=channels, width=spec.width, depth=spec.depth, fourier=spec.fourier,
-                       sigma=spec.sigma, fourier_seed=spec.fourier_seed, layernorm=True, output=spec.output)
+                       sigma=spec.sigma, fourier_seed=spec.fourier_seed, layernorm=True, output=spec.output,
+                       activation=spec.activation)
 
 
 def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:

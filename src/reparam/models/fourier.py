@@ -5,7 +5,7 @@ codec overfits one to a single image. Layout (PRANC section 3 / Table 10 with de
 fourier=256):
 
     gamma(v) = [sin(2 pi v B), cos(2 pi v B)]          B ~ N(0, sigma^2), shape [2, M] -> 2M features
-    depth x [Linear(., width) -> LayerNorm (optional) -> ReLU]
+    depth x [Linear(., width) -> LayerNorm (optional) -> ReLU or sine]
     Linear(width, out_channels) -> identity or sigmoid
 
 B is a buffer regenerated from `fourier_seed` by a private generator when the model is built, so it is
@@ -25,6 +25,15 @@ from reparam.models.base import opt_bool, opt_choice, opt_float, opt_int
 from reparam.models.registry import register_model
 
 OUTPUTS = ("linear", "sigmoid")
+ACTIVATIONS = ("relu", "sine")
+
+
+class Sine(nn.Module):
+    """sin(x): after a LayerNorm the input is about N(0, 1), so no SIREN frequency factor is needed (the
+    image codec measured a factor of 3 far worse and 1 better than ReLU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x)
 
 
 def coords(h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -47,6 +56,7 @@ class FourierMLP(nn.Module):
         layernorm: bool = True,
         output: str = "linear",
         in_features: int = 2,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.out_channels, self.in_features = out_channels, in_features
@@ -60,7 +70,7 @@ class FourierMLP(nn.Module):
             layers.append(nn.Linear(d, width))
             if layernorm:
                 layers.append(nn.LayerNorm(width))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(Sine() if activation == "sine" else nn.ReLU(inplace=True))
             d = width
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(d, out_channels)
@@ -107,6 +117,7 @@ def fourier_mlp(
     fourier_seed=0,
     layernorm=True,
     output="linear",
+    activation="relu",
 ) -> FourierMLP:
     """num_classes, image_size, mean and std are accepted for a uniform build_model call and ignored;
     out_channels defaults to in_channels (an INR of an image outputs its channels)."""
@@ -120,6 +131,7 @@ def fourier_mlp(
         fourier_seed=opt_int("fourier_seed", fourier_seed, minimum=0),
         layernorm=opt_bool("layernorm", layernorm),
         output=opt_choice("output", output, OUTPUTS),
+        activation=opt_choice("activation", activation, ACTIVATIONS),
     )
     model.image_size = tuple(image_size)
     return model

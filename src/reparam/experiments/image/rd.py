@@ -18,7 +18,7 @@ from reparam.experiments.image import baseline, classic
 from reparam.image import codec
 from reparam.image.metrics import from_uint8, quality
 
-CODECS = ("prnc", "inr", "jpeg", "webp", "jp2")
+CODECS = ("prnc", "inr", "jpeg", "webp", "avif", "jp2")
 DEFAULT_CODECS = ("prnc", "inr", "jpeg", "webp")
 
 
@@ -34,24 +34,26 @@ def parse_codecs(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def prnc_point(image: torch.Tensor, k: int, cfg: codec.CodecConfig, progress: bool,
-               save_to: str | Path | None = None) -> tuple[dict, int]:
-    """Encode, write, decode from the file, measure. `save_to` keeps a copy of the file."""
+def prnc_point(image: torch.Tensor, bpp: float, cfg: codec.CodecConfig, progress: bool,
+               save_to: str | Path | None = None, k: int | None = None) -> tuple[dict, int]:
+    """Encode at a target true bpp, write, decode from the file, measure. `save_to` keeps a copy."""
     c, h, w = image.shape
     ref = from_uint8((image.clamp(0, 1) * 255).round().to(torch.uint8))
-    enc = codec.encode(image, k, cfg, progress=progress)
+    enc = codec.encode(image, bpp, cfg, progress=progress, k=k)
+    k = enc.k
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "x.prnc"
+        path = Path(d) / "x.rpic"
         size = codec.save(path, enc)
         dec = codec.decode(path)
         if save_to is not None:
             Path(save_to).write_bytes(path.read_bytes())
     if not dec.bit_exact or not torch.equal(dec.image, enc.decoded):
         raise RuntimeError("decode of a freshly written file differs from the encoder's output")
-    point = {"codec": "prnc", "k": k, "budgets": enc.budgets, "bytes": size,
-             **codec.bpp_report(size, k, h, w), **quality(ref, from_uint8(dec.image)),
-             "fit_psnr_fp32": enc.fit.psnr, "encode_seconds": enc.encode_seconds,
-             "decode_seconds": dec.seconds, "steps": cfg.fit.steps}
+    point = {"codec": "prnc", "k": k, "budgets": enc.budgets, "bytes": size, "target_bpp": bpp,
+             "header_bytes": enc.header.header_bytes(), "inr": codec.spec_of(enc.header).to_dict(),
+             **codec.bpp_report(size, k, h, w, enc.header.header_bytes()), **quality(ref, from_uint8(dec.image)),
+             "fit_psnr_fp32": enc.float_psnr, "encode_seconds": enc.encode_seconds,
+             "decode_seconds": dec.seconds, "steps": cfg.fit.steps, "qat_steps": cfg.qat_steps}
     return point, size
 
 
@@ -73,31 +75,34 @@ def inr_point(image: torch.Tensor, target_bytes: int, cfg: codec.CodecConfig, pr
             "fit_psnr_fp32": trained.fit.psnr, "encode_seconds": trained.seconds, "steps": cfg.fit.steps}
 
 
-def sweep(image: torch.Tensor, *, codecs: Sequence[str] = DEFAULT_CODECS, bpps: Sequence[float] = (),
-          coefficients: Sequence[int] = (), cfg: codec.CodecConfig | None = None, progress: bool = True,
+DEFAULT_BPPS = (0.25, 0.5, 1.0, 2.0)
+
+
+def sweep(image: torch.Tensor, *, codecs: Sequence[str] = DEFAULT_CODECS, bpps: Sequence[float] = DEFAULT_BPPS,
+          cfg: codec.CodecConfig | None = None, progress: bool = True,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """All points of the sweep. PRANC budgets come from `coefficients` or from target true `bpps`; the
-    trained INR gets the byte size of each PRANC file (or of each target when prnc is not run)."""
+    """All points of the sweep at the target true `bpps`; the trained fp16 INR gets the byte size of each
+    codec file (or of each target when prnc is not run)."""
     cfg = (cfg or codec.CodecConfig()).validate()
     c, h, w = image.shape
     ref = from_uint8((image.clamp(0, 1) * 255).round().to(torch.uint8))
     t0 = time.perf_counter()
-    ks = list(coefficients) or [codec.coefficients_for_bpp(b, cfg.inr, c, h, w, cfg.budget_rule, cfg.seed,
-                                                           cfg.distribution) for b in bpps]
     out: dict[str, Any] = {"image": [c, h, w], "inr": cfg.inr.to_dict(), "steps": cfg.fit.steps,
+                           "qat_steps": cfg.qat_steps, "bits_per_coef": cfg.bits_per_coef,
                            "points": {n: [] for n in codecs}}
-    targets = [int(b * h * w / 8) for b in bpps]
-    for i, k in enumerate(ks):
-        size = targets[i] if i < len(targets) else None
+    for bpp in bpps:
+        size = codec.target_bytes(bpp, h, w)
+        k = None
         if "prnc" in codecs:
-            p, size = prnc_point(ref, k, cfg, progress)
+            p, size = prnc_point(ref, bpp, cfg, progress)
+            k = p["k"]
             out["points"]["prnc"].append(p)
             if log:
                 log(f"prnc k={k}: {p['bpp']:.3f} bpp, {p['psnr']:.2f} dB")
         if "inr" in codecs and size is not None:
             p = inr_point(ref, size, cfg, progress)
             if p is not None:
-                p["match_k"] = k
+                p["match_bpp"] = bpp
                 out["points"]["inr"].append(p)
                 if log:
                     log(f"inr width={p['width']}: {p['bpp']:.3f} bpp, {p['psnr']:.2f} dB")
@@ -107,6 +112,8 @@ def sweep(image: torch.Tensor, *, codecs: Sequence[str] = DEFAULT_CODECS, bpps: 
         if name in classic.CLASSIC:
             out["points"][name] = dedupe(classic.sweep(ref, name))
     out["comparison"] = compare(out["points"])
+    out["bd_psnr_vs_jpeg"] = {n: classic.bd_psnr(out["points"]["jpeg"], out["points"][n])
+                              for n in out["points"] if n != "jpeg" and "jpeg" in out["points"]}
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -125,13 +132,13 @@ def compare(points: dict[str, list[dict]]) -> list[dict]:
     when that codec's sweep does not reach this rate."""
     rows = []
     for p in points.get("prnc", []):
-        row = {"k": p["k"], "bpp": p["bpp"], "paper_bpp": p["paper_bpp"], "prnc_psnr": p["psnr"],
-               "prnc_msssim": p["msssim"]}
+        row = {"k": p["k"], "target_bpp": p["target_bpp"], "bpp": p["bpp"], "paper_bpp": p["paper_bpp"],
+               "prnc_psnr": p["psnr"], "prnc_msssim": p["msssim"]}
         for name, pts in points.items():
             if name == "prnc" or not pts:
                 continue
             if name == "inr":
-                q = next((q for q in pts if q.get("match_k") == p["k"]), None)
+                q = next((q for q in pts if q.get("match_bpp") == p["target_bpp"]), None)
                 if q is not None:
                     row["inr_bpp"], row["inr_psnr"], row["inr_msssim"] = q["bpp"], q["psnr"], q["msssim"]
                 continue
@@ -149,11 +156,6 @@ def plot(result: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
     kind = next((p["msssim_kind"] for v in pts.values() for p in v), "ms-ssim")
     for key, label in (("psnr", "PSNR (dB)"), ("msssim", kind.upper())):
         series = {name: ([p["bpp"] for p in v], [p[key] for p in v]) for name, v in pts.items() if v}
-        if "prnc" in pts and pts["prnc"]:
-            series["prnc coefficients only (16k/HW, no header)"] = ([p["payload_bpp"] for p in pts["prnc"]],
-                                                                   [p[key] for p in pts["prnc"]])
-            series["prnc (paper's 2k/HW, NOT true bpp)"] = ([p["paper_bpp"] for p in pts["prnc"]],
-                                                             [p[key] for p in pts["prnc"]])
         paths.append(line_plot(series, out_dir / f"rd_{key}.png", "true bits per pixel (file bytes * 8 / pixels)",
                                label, title=title))
     return paths
