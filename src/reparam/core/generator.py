@@ -286,3 +286,14 @@ def unit_block(seed: int, block: int, row_start: int, row_end: int, col_start: i
         raise ValueError(f"unknown distribution {distribution!r}; allowed: {', '.join(DISTRIBUTIONS)}")
     out = torch.empty(max(row_end - row_start, 0), max(col_end - col_start, 0), device=device)
     return fill_block(out, seed, block, row_start, row_end, col_start, col_end, distribution)
+
+
+def tree_sum(p: torch.Tensor) -> torch.Tensor:
+    """Sum the rows of p [n, ...] as a fixed pairwise tree (row 2i + row 2i+1; an odd last row is carried):
+    its shape alone fixes the order of the adds, so generated weights are the same bits however they are
+    chunked, threaded or placed (PRANC's and NOLA's bases both sum this way)."""
+    while p.shape[0] > 1:
+        n = p.shape[0]
+        half = p[0:n - 1:2] + p[1:n:2]
+        p = torch.cat([half, p[n - 1:n]]) if n % 2 else half
+    return p[0]

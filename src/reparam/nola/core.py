@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize
 from reparam.core import generator
 from reparam.core.adapter import fake_quantize, has_base, keep_base, pop_base
 from reparam.core.errors import ReparamError
+from reparam.core.generator import tree_sum
 from reparam.core.parametrize import FilterFn
 from reparam.core.protocol import (
     Applied,
@@ -61,15 +62,6 @@ def block_id(index: int, factor: int) -> int:
 
 def _f32(x: float) -> float:
     return float(torch.tensor(x, dtype=torch.float32).item())
-
-
-def tree_sum(p: torch.Tensor) -> torch.Tensor:
-    """Sum the rows of p [n, m] as a fixed pairwise tree (its shape alone fixes the order of the adds)."""
-    while p.shape[0] > 1:
-        n = p.shape[0]
-        half = p[0:n - 1:2] + p[1:n:2]
-        p = torch.cat([half, p[n - 1:n]]) if n % 2 else half
-    return p[0]
 
 
 @dataclass(frozen=True)

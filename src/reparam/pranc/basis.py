@@ -38,15 +38,6 @@ CANON_COLS = 4096         # column block for exact reconstruction (any value giv
 BASES = ("iid", "fastfood")
 
 
-def tree_sum(p: torch.Tensor) -> torch.Tensor:
-    """Sum rows of p [n, c] as a fixed pairwise tree (row 2i + row 2i+1; an odd last row is carried)."""
-    while p.shape[0] > 1:
-        n = p.shape[0]
-        half = p[0:n - 1:2] + p[1:n:2]
-        p = torch.cat([half, p[n - 1:n]]) if n % 2 else half
-    return p[0]
-
-
 def tree_sum_(p: torch.Tensor) -> torch.Tensor:
     """tree_sum in place (p is overwritten): the same pairs in the same order, no allocation. After each
     level the sums sit in rows 0, 2, 4, ... and an odd last row is already in place for the next level."""

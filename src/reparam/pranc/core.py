@@ -31,9 +31,10 @@ from torch.nn.utils import parametrize
 
 from reparam.core import generator
 from reparam.core.errors import ReparamError
+from reparam.core.generator import tree_sum
 from reparam.core.parametrize import FilterFn
 from reparam.core.protocol import Applied, bake_method, claim, report_left_dense
-from reparam.pranc.basis import CANON_COLS, CANON_ROWS, Basis, _ExactSegmentFn, make_basis, tree_sum, tree_sum_
+from reparam.pranc.basis import CANON_COLS, CANON_ROWS, Basis, _ExactSegmentFn, make_basis, tree_sum_
 from reparam.pranc.config import PrancConfig
 from reparam.pranc.layout import Block, Segment, build_layout
 
