@@ -73,3 +73,27 @@ def fold(model: nn.Module, tensor_name: str | None = None) -> nn.Module:
             if parametrize.is_parametrized(module, t):
                 parametrize.remove_parametrizations(module, t, leave_parametrized=True)
     return model
+
+
+class SharedCoreParam(nn.Module):
+    """A parametrization generated from a coefficient module shared by many tensors (PRANC, NOLA).
+
+    The shared module is a submodule of exactly one of these parametrizations: its coefficients appear once
+    in the state_dict and move with model.to, and no child is added to the user's model (nn.Sequential would
+    call it as a layer). The others keep a plain reference. `release` (called by core.protocol.bake before a
+    parametrization is removed) hands the module on to one that stays."""
+
+    def __init__(self, core: nn.Module, holds_core: bool = False):
+        super().__init__()
+        object.__setattr__(self, "_core", core)
+        if holds_core:
+            self.core = core
+        core._tensors.append(self)
+
+    def release(self) -> None:
+        core = self._core
+        core._tensors = [t for t in core._tensors if t is not self]
+        if "core" in self._modules:
+            del self._modules["core"]
+            if core._tensors:
+                core._tensors[0].core = core

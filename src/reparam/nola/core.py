@@ -35,7 +35,7 @@ from reparam.core import generator
 from reparam.core.adapter import fake_quantize, has_base, keep_base, pop_base
 from reparam.core.errors import ReparamError
 from reparam.core.generator import tree_sum
-from reparam.core.parametrize import FilterFn
+from reparam.core.parametrize import FilterFn, SharedCoreParam
 from reparam.core.protocol import (
     Applied,
     ReparamWarning,
@@ -163,19 +163,13 @@ class NolaCoefficients(nn.Module):
                 f"seed={c.seed}, stored={self.stored}")
 
 
-class NolaDelta(nn.Module):
+class NolaDelta(SharedCoreParam):
     """Parametrization of one adapted tensor: original (the pretrained tensor, frozen) + s * A B."""
 
     reparam_method = "nola"
 
     def __init__(self, core: NolaCoefficients, plan: LayerPlan, holds_core: bool = False):
-        super().__init__()
-        # As PRANC's: the coefficient module is a submodule of one parametrization (alpha and beta appear once
-        # in the state_dict and move with model.to); the others keep a plain reference.
-        object.__setattr__(self, "_core", core)
-        if holds_core:
-            self.core = core
-        core._tensors.append(self)
+        super().__init__(core, holds_core)   # alpha and beta live in one NolaDelta (SharedCoreParam)
         self.plan = plan
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
@@ -184,15 +178,6 @@ class NolaDelta(nn.Module):
     def shared_storage(self) -> list[tuple[str, torch.Tensor]]:
         """alpha and beta serve every NOLA tensor (reparam.summary counts them once)."""
         return [("nola alpha", self._core.alpha), ("nola beta", self._core.beta)]
-
-    def release(self) -> None:
-        """Before removal (core.protocol.bake): hand the coefficient module to a NOLA tensor that stays."""
-        core = self._core
-        core._tensors = [t for t in core._tensors if t is not self]
-        if "core" in self._modules:
-            del self._modules["core"]
-            if core._tensors:
-                core._tensors[0].core = core
 
     def extra_repr(self) -> str:
         return f"{self.plan.state_name} {list(self.plan.shape)} rank {self._core.config.rank}"

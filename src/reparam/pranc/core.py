@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from reparam.core import generator
 from reparam.core.errors import ReparamError
 from reparam.core.generator import tree_sum
-from reparam.core.parametrize import FilterFn
+from reparam.core.parametrize import FilterFn, SharedCoreParam
 from reparam.core.protocol import Applied, bake_method, claim, report_left_dense
 from reparam.pranc.basis import CANON_COLS, CANON_ROWS, Basis, _ExactSegmentFn, make_basis, tree_sum_
 from reparam.pranc.config import PrancConfig
@@ -201,36 +201,19 @@ class PrancCoefficients(nn.Module):
                 f"seed={self.seed}, distribution={self.config.distribution}")
 
 
-class PrancTensor(nn.Module):
+class PrancTensor(SharedCoreParam):
     """Parametrization of one basis tensor. Its `original` is an empty placeholder (nothing dense is kept), or
     in delta mode the pretrained tensor (frozen): the weight is then original + the generated delta."""
 
     reparam_method = "pranc"
 
     def __init__(self, core: PrancCoefficients, seg: Segment, index: int, holds_core: bool = False):
-        super().__init__()
-        # The coefficient module is a submodule of exactly one PrancTensor (alpha appears once in the
-        # state_dict, moves with model.to, and no child is added to the user's model, which nn.Sequential
-        # would call); the others keep a plain reference.
-        object.__setattr__(self, "_core", core)
-        if holds_core:
-            self.core = core
-        core._tensors.append(self)
+        super().__init__(core, holds_core)   # the coefficient module lives in one PrancTensor (SharedCoreParam)
         self.seg, self.index = seg, index
 
     def shared_storage(self) -> list[tuple[str, torch.Tensor]]:
         """The one coefficient vector every PRANC tensor is generated from (reparam.summary counts it once)."""
         return [("pranc coefficients", self._core.alpha)]
-
-    def release(self) -> None:
-        """Called before this parametrization is removed (core.protocol.bake): if it holds the coefficient
-        module, hand it to a PRANC tensor that stays, so the remaining layers keep their alpha."""
-        core = self._core
-        core._tensors = [t for t in core._tensors if t is not self]
-        if "core" in self._modules:
-            del self._modules["core"]
-            if core._tensors:
-                core._tensors[0].core = core
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         generated = self.generated()
