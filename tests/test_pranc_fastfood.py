@@ -289,3 +289,34 @@ def test_backward_after_the_model_is_freed_is_one_clear_error():
     gc.collect()
     with pytest.raises(ReparamError, match="has been freed"):
         loss.backward()
+
+
+def test_a_model_trained_by_shards_is_freed_too(tmp_path):
+    """The sharded (torchrun) path keeps no cycle either (its autograd function holds the shard strongly,
+    but nothing cached by the model leads back to that ctx): a 1-process gloo group trains a step through
+    PrancShard, and dropping the model then frees its coefficient module and basis."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from reparam.pranc import distributed as pranc_dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        m = build_model("mlp", num_classes=3, in_channels=1, image_size=(4, 4), hidden=[8])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            core = apply_pranc(m, PrancConfig(k=10, seed=1))
+        core.distributed_start(0, 1)
+        assert core.shard is not None
+        m(torch.rand(2, 1, 4, 4)).sum().backward()
+        assert core.alpha.grad is not None and torch.isfinite(core.alpha.grad).all()
+        core.distributed_end()
+        refs = [weakref.ref(core), weakref.ref(core.basis)]
+        del m, core
+        gc.collect()
+        assert all(r() is None for r in refs)
+    finally:
+        pranc_dist._group = None
+        dist.destroy_process_group()
