@@ -115,3 +115,30 @@ def test_full_mode_resume_reuses_finished_methods(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(dense, "run", fail)
     assert main(["reproduce", "--tiny", "--full", "--methods", "dense", "--resume", str(out), "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text())["claims"] == first
+
+
+def test_mixturegrowth_resumes_job_by_job(tmp_path, monkeypatch):
+    """Every MixtureGrowth job's result is cached (not only network 1): a second run in the same work folder
+    trains nothing and reports the same claims, so a --full run killed mid-seed loses at most one job."""
+    from dataclasses import asdict
+
+    from reparam.experiments.mixturegrowth import pipeline
+    from reparam.reproduce import mixturegrowth
+    from reparam.reproduce.claims import ReproduceContext
+
+    def ctx(out):
+        return ReproduceContext(out_dir=tmp_path / out, quick=True, seed=0, threads=1, work_dir=tmp_path / "cache",
+                                tiny=True)
+
+    first = mixturegrowth.run(ctx("a"))
+    assert len(list((tmp_path / "cache" / "mixturegrowth-cache").glob("run-*.json"))) == 6   # one per method
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached job was trained again")
+
+    monkeypatch.setattr(pipeline, "run_method", no_training)
+    monkeypatch.setattr(pipeline, "train_net1", lambda *a, **k: (None, {}))
+    second = mixturegrowth.run(ctx("b"))
+    strip = ("details",)   # details hold wall-clock seconds
+    assert [{k: v for k, v in asdict(c).items() if k not in strip} for c in first.claims] == \
+        [{k: v for k, v in asdict(c).items() if k not in strip} for c in second.claims]

@@ -12,9 +12,13 @@ against the training FLOPs each method spent (the ledger's count, network 1 not 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -107,16 +111,41 @@ def _ms(v: list[float]) -> str:
     return f"{100 * statistics.mean(v):.2f} ± {100 * sd:.2f} %"
 
 
-def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.experiments.mixturegrowth.pipeline import (
-        GrowSettings,
-        _acc,
-        _net1_model,
-        run_method,
-        train_net1,
-    )
-    from reparam.metrics.plots import line_plot
+RUN_CACHE_FORMAT = 1
+
+
+def _run_cached(method: str, s, splits, net1, cache, at_growth: tuple[str, ...] = ()) -> SimpleNamespace:
+    """run_method, with what the report uses kept as JSON in the cache: a `--full` run killed (or ended with
+    its session) continues job by job, not only from network 1. `at_growth` inits are measured on the same
+    trained members right at growth (Fig. 3b) before the members are dropped."""
+    from reparam.core.outdir import write_json
+    from reparam.experiments.mixturegrowth.pipeline import _acc, _net1_model, run_method
     from reparam.mixturegrowth.grow import grow
+
+    path = None
+    if cache is not None:
+        key = {"method": method, "settings": asdict(s), "at_growth": list(at_growth), "format": RUN_CACHE_FORMAT,
+               "data": [getattr(splits, "name", "?"), len(splits.train), len(splits.test), splits.num_classes]}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = Path(cache) / f"run-{method}-{digest}.json"
+        if path.exists():
+            return SimpleNamespace(**json.loads(path.read_text()))
+    r = run_method(method, s, splits, net1)
+    extra = dict(r.extra)
+    for ci in at_growth:
+        tm = _net1_model(s, splits, r.pre_growth_state)
+        grow(tm, s.layout, ci, seed=s.seed)
+        extra[f"test_acc_at_growth_{ci}"] = _acc(tm, splits.test)
+    record = {"test_acc": r.test_acc, "history": r.history, "flops_norm": r.flops_norm, "ledger": r.ledger,
+              "extra": extra}
+    if path is not None:
+        write_json(path, record)
+    return SimpleNamespace(**json.loads(json.dumps(record, default=float)))   # as a cache hit reads it
+
+
+def run(ctx: ReproduceContext) -> MethodReport:
+    from reparam.experiments.mixturegrowth.pipeline import GrowSettings, train_net1
+    from reparam.metrics.plots import line_plot
 
     t0 = time.perf_counter()
     torch.set_num_threads(ctx.threads)
@@ -143,7 +172,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         s = GrowSettings(model=model_name, full_epochs=epochs, budget=0.45, fraction=1.0, seed=seed)
         net1, _ = train_net1(s, splits, cache)
         for m in methods:
-            r = run_method(m, s, splits, net1)
+            r = _run_cached(m, s, splits, net1, cache, at_growth=("random", "copy") if m == "mixturegrowth" else ())
             acc[m].append(r.test_acc)
             secs[m].append(sum(h.get("seconds", 0.0) for h in r.history))
             flops[m] = r.flops_norm
@@ -154,16 +183,15 @@ def run(ctx: ReproduceContext) -> MethodReport:
                 # Fig. 3b: the same two trained members grown with each init, measured right at growth.
                 at_growth["orthogonal"].append(r.extra["grown_test_acc_at_growth"])
                 for ci in ("random", "copy"):
-                    tm = _net1_model(s, splits, r.pre_growth_state)
-                    grow(tm, s.layout, ci, seed=seed)
-                    at_growth[ci].append(_acc(tm, splits.test))
+                    at_growth[ci].append(r.extra[f"test_acc_at_growth_{ci}"])
         # full mode: Table 4 trained to the end, and the official code's template initialisation
         for ci in trained_inits:
-            final_by_init[ci].append(run_method("mixturegrowth", replace(s, coef_init=ci), splits, net1).test_acc)
+            r = _run_cached("mixturegrowth", replace(s, coef_init=ci), splits, net1, cache)
+            final_by_init[ci].append(r.test_acc)
         if not ctx.quick:
             s_off = replace(s, template_init="stacked")
             net1_off, _ = train_net1(s_off, splits, cache)
-            stacked.append(run_method("mixturegrowth", s_off, splits, net1_off).test_acc)
+            stacked.append(_run_cached("mixturegrowth", s_off, splits, net1_off, cache).test_acc)
     data = ctx.data_title
     setting = (f"{ctx.data_label(splits)}, {model_name} target (small: stem 8, half width), E = {epochs} epochs, "
                f"budget 0.45X, x = 1.0, SGD cosine, seeds {seeds}")
