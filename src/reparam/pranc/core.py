@@ -304,8 +304,10 @@ def apply_pranc(model: nn.Module, config: PrancConfig | None = None, filter_fn: 
 
 
 def apply(model: nn.Module, config: PrancConfig | None = None, filter_fn: FilterFn | None = None) -> Applied:
-    """PRANC on `model` in place (see apply_pranc); returns the handle. `handle.extra["core"]` is the
-    coefficient module (also `pranc_core(model)`). PRANC needs no training hooks: train alpha (and the
+    """PRANC on `model` in place (see apply_pranc); returns the handle. The generated weights replace the
+    taken layers' current ones (a trained model's weights are not kept); `Config(delta=True)` keeps them
+    and learns a generated delta on top. `handle.extra["core"]` is the coefficient module (also
+    `pranc_core(model)`). PRANC needs no training hooks: train alpha (and the
     BatchNorm parameters) with any optimizer over model.parameters(). Delta mode has one, which keeps the
     pretrained BatchNorm statistics (`reparam.train.hooks.KeepNormStatistics`)."""
     core = apply_pranc(model, config, filter_fn)
