@@ -468,6 +468,9 @@ def test_sweep_command_ranks_settings_and_resumes(tmp_path, capsys):
     assert sorted(t["setting"]["qat_steps"] for t in summary) == [0, 3]
     assert main(argv) == 0   # a rerun skips the finished points
     assert len((out / "sweep.jsonl").read_text().splitlines()) == 2
+    other = [a if a != "5" else "6" for a in argv]   # another base option (--steps 6): measured again
+    assert main(other) == 0
+    assert len((out / "sweep.jsonl").read_text().splitlines()) == 4
     (tmp_path / "afile").write_text("x")
     capsys.readouterr()
     assert main([*argv[:-3], "--out", str(tmp_path / "afile"), "--no-progress"]) == 2

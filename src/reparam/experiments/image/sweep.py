@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +73,20 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.jsonl"
     done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    seen = {(json.dumps(r["setting"], sort_keys=True), r["image"], r["target_bpp"]) for r in done}
+    # a point is finished only for the same whole codec config (the --set values and every base option),
+    # image and size: a rerun with other base options measures again (rows without "config" never match)
+    seen = {(json.dumps(r.get("config"), sort_keys=True), r["image"], json.dumps(r.get("size")), r["target_bpp"])
+            for r in done}
     names = list(grid)
     jpeg = {n: classic.sweep(x, "jpeg", list(range(1, 96))) for n, x in images.items()}
     rows = list(done)
     for values in itertools.product(*(grid[n] for n in names)):
         setting = dict(zip(names, values))
         cfg = configure(base, setting)
+        config = json.loads(json.dumps(asdict(cfg), default=str))
         for name, x in images.items():
             for bpp in bpps:
-                key = (json.dumps(setting, sort_keys=True), name, bpp)
+                key = (json.dumps(config, sort_keys=True), name, json.dumps(list(x.shape[1:])), bpp)
                 if key in seen:
                     continue
                 t0 = time.process_time()
@@ -91,7 +95,7 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
                 c, h, w = x.shape
                 q = quality(x, from_uint8(enc.decoded))
                 j = classic.value_at_bpp(jpeg[name], len(enc.data) * 8 / (h * w))
-                row = {"setting": setting, "image": name, "size": [h, w], "target_bpp": bpp,
+                row = {"setting": setting, "config": config, "image": name, "size": [h, w], "target_bpp": bpp,
                        "bpp": len(enc.data) * 8 / (h * w), "k": enc.k, "psnr": q["psnr"], "msssim": q["msssim"],
                        "float_psnr": enc.float_psnr, "jpeg_psnr": j,
                        "vs_jpeg": None if j is None else q["psnr"] - j, "encode_cpu_s": cpu,
