@@ -129,6 +129,30 @@ def read_adapter(path: str | Path, method: str | None = None, model: nn.Module |
     return tensors, header
 
 
+def adapter_config(header: dict[str, Any], path: str | Path, version_key: str, version: int, config_cls: type,
+                   stream: int | None = None) -> Any:
+    """What every adapter reader checks after the base (read_adapter): its own file version, that the
+    random matrices come from this reparam's generator (and stream, for NOLA), and that its config builds.
+    Returns the config."""
+    from reparam.core import generator
+
+    if header.get(version_key) != version:
+        raise ReparamError(f"{path}: {version_key} {header.get(version_key)!r} is not supported; this reparam "
+                           f"reads version {version}")
+    gen = header.get("generator", {})
+    if not isinstance(gen, dict):
+        gen = {}
+    want = (generator.GENERATOR_NAME, generator.GENERATOR_VERSION) + ((stream,) if stream is not None else ())
+    got = (gen.get("name"), gen.get("version")) + ((gen.get("stream"),) if stream is not None else ())
+    if got != want:
+        raise ReparamError(f"{path}: generator {gen} is not this reparam's ({generator.GENERATOR_NAME} version "
+                           f"{generator.GENERATOR_VERSION}); the random matrices would differ")
+    try:
+        return config_cls(**header["config"])
+    except TypeError as e:
+        raise ReparamError(f"{path}: the adapter's config does not fit this reparam ({e})") from None
+
+
 def payload_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 

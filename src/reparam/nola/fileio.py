@@ -80,18 +80,7 @@ def read_adapter(path: str | Path, model: nn.Module | None = None
                  ) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any]]:
     """(config, {"alpha", "beta"} as float32, header); checks the base when `model` is given."""
     tensors, header = ad.read_adapter(path, "nola", model)
-    if header.get("nola_version") != NOLA_VERSION:
-        raise ReparamError(f"{path}: nola_version {header.get('nola_version')!r} is not supported; this reparam "
-                           f"reads version {NOLA_VERSION}")
-    gen = header.get("generator", {})
-    if (gen.get("name"), gen.get("version"), gen.get("stream")) != (
-            generator.GENERATOR_NAME, generator.GENERATOR_VERSION, NOLA_STREAM):
-        raise ReparamError(f"{path}: generator {gen} is not this reparam's ({generator.GENERATOR_NAME} version "
-                           f"{generator.GENERATOR_VERSION}); the random matrices would differ")
-    try:
-        config = Config(**header["config"])
-    except TypeError as e:
-        raise ReparamError(f"{path}: the adapter's config does not fit this reparam ({e})") from None
+    config = ad.adapter_config(header, path, "nola_version", NOLA_VERSION, Config, stream=NOLA_STREAM)
     n = len(header["layers"])
     shared = config.sharing == "shared"
     na, nb = (config.k, config.n_beta) if shared else (config.k * n, config.n_beta * n)

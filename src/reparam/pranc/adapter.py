@@ -70,17 +70,7 @@ def read_adapter(path: str | Path, model: nn.Module | None = None
                  ) -> tuple[PrancConfig, torch.Tensor, dict[str, Any]]:
     """(config, alpha as float32, header); checks the base when `model` is given."""
     tensors, header = ad.read_adapter(path, "pranc", model)
-    if header.get("pranc_adapter_version") != ADAPTER_VERSION:
-        raise ReparamError(f"{path}: pranc_adapter_version {header.get('pranc_adapter_version')!r} is not "
-                           f"supported; this reparam reads version {ADAPTER_VERSION}")
-    gen = header.get("generator", {})
-    if (gen.get("name"), gen.get("version")) != (generator.GENERATOR_NAME, generator.GENERATOR_VERSION):
-        raise ReparamError(f"{path}: generator {gen} is not this reparam's ({generator.GENERATOR_NAME} version "
-                           f"{generator.GENERATOR_VERSION}); the basis would differ")
-    try:
-        config = PrancConfig(**header["config"])
-    except TypeError as e:
-        raise ReparamError(f"{path}: the adapter's config does not fit this reparam ({e})") from None
+    config = ad.adapter_config(header, path, "pranc_adapter_version", ADAPTER_VERSION, PrancConfig)
     segs = [(b["alpha_offset"], b["k"]) for b in header["blocks"]]
     k = sum(n for _, n in segs)
     alpha = ad.decode_coefficients(tensors, "alpha", header.get("coef_dtype", "float32"), k, segs, path)
