@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loops import adam_steps
 from reparam import nola
 from reparam.core import adapter as ad
 from reparam.core import generator
@@ -59,17 +60,7 @@ def apply(model, **kw):
 
 
 def train(model, handle, steps=15, seed=1, lr=0.05):
-    x, y = data(seed=seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        xb, yb = handle.before_forward(x, y)
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return loss.item()
+    return adam_steps(model, handle, *data(seed=seed), steps, lr)
 
 
 def out(model, x=None):

@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from loops import adam_steps
 from reparam import pranc
 from reparam.core import adapter as ad
 from reparam.core.errors import ReparamError
@@ -41,16 +41,7 @@ def out(model):
 
 
 def train(model, handle, steps=10):
-    x, y = data()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    model.train()
-    for _ in range(steps):
-        xb, yb = handle.before_forward(x, y)
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    adam_steps(model, handle, *data(), steps)
 
 
 def apply(model, **kw):

@@ -142,3 +142,37 @@ def test_mixturegrowth_resumes_job_by_job(tmp_path, monkeypatch):
     strip = ("details",)   # details hold wall-clock seconds
     assert [{k: v for k, v in asdict(c).items() if k not in strip} for c in first.claims] == \
         [{k: v for k, v in asdict(c).items() if k not in strip} for c in second.claims]
+
+
+def test_trp_resumes_job_by_job(tmp_path, monkeypatch):
+    """TRP's --full jobs (base model, each scheme's training + measurement, post-hoc, sweep) are cached in the
+    work folder: a second run trains and measures nothing and reports the same claims, numbers included."""
+    from dataclasses import asdict
+
+    from reparam.experiments.trp import report
+    from reparam.reproduce import trp as trp_reproduce
+    from reparam.reproduce.claims import ReproduceContext
+
+    def ctx(out):
+        return ReproduceContext(out_dir=tmp_path / out, quick=True, seed=0, threads=1, work_dir=tmp_path / "cache",
+                                tiny=True)
+
+    first = trp_reproduce.run(ctx("a"))
+    # the cached path computes what an uncached run does (timing claims aside)
+    plain = trp_reproduce.run(ReproduceContext(out_dir=tmp_path / "p", quick=True, seed=0, threads=1, tiny=True))
+    exact = ("trp-no-finetune", "trp-beats-posthoc-tsvd", "trp-spatial-faster-than-channel")
+    assert [c.measured_value for c in first.claims if c.claim_id in exact] == \
+        [c.measured_value for c in plain.claims if c.claim_id in exact]
+    jobs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "trp-jobs").iterdir())
+    assert jobs == ["base", "posthoc-channel", "posthoc-spatial", "sweep-channel", "sweep-spatial", "trp-channel",
+                    "trp-spatial"], jobs   # base, 2 x (trp, post-hoc, sweep)
+
+    def no_work(*a, **k):
+        raise AssertionError("a cached job ran again")
+
+    monkeypatch.setattr(trp_reproduce, "_fit", no_work)
+    monkeypatch.setattr(report, "decompose_and_measure", no_work)
+    monkeypatch.setattr(report, "energy_for_speedup", no_work)
+    second = trp_reproduce.run(ctx("b"))
+    assert [asdict(c) for c in first.claims] == [asdict(c) for c in second.claims]
+    assert asdict(first.summary) == asdict(second.summary)

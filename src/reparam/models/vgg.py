@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from reparam.models.base import Classifier, Normalize, kaiming_init, opt_float, opt_int, scaled
+from reparam.models.cnn import conv_bn_relu
 from reparam.models.registry import register_model
 
 POOL = "M"
@@ -48,11 +49,7 @@ class VGG(Classifier):
                     size //= 2
                 continue
             cout = scaled(int(item), width)
-            layers += [
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            ]
+            layers += conv_bn_relu(cin, cout)
             cin = cout
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if hidden > 0:

@@ -12,32 +12,83 @@ import time
 from typing import Any
 
 from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.jobcache import cached_json, cached_model, data_key
 
 ENERGY = 0.05
 QUICK_EPOCHS = 8
 FULL_EPOCHS = 30
 
 
-def _train(splits, seed: int, epochs: int, mode: str, scheme: str = "channel", nuclear: float = 0.0):
-    from reparam import trp
+def _build(splits, seed: int):
     from reparam.core.runtime import seed_everything
     from reparam.models import build_model
-    from reparam.train import TrainConfig, Trainer
 
     seed_everything(seed)
-    model = build_model("resnet20", num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=splits.image_size, mean=splits.mean, std=splits.std)
+    return build_model("resnet20", num_classes=splits.num_classes, in_channels=splits.in_channels,
+                       image_size=splits.image_size, mean=splits.mean, std=splits.std)
+
+
+def _fit(model, splits, seed: int, epochs: int, mode: str, scheme: str = "channel", nuclear: float = 0.0):
+    from reparam import trp
+    from reparam.train import TrainConfig, Trainer
+
     hooks = []
     if mode == "trp":   # projects once now; the hook then projects after every step (m = 1)
         hooks = trp.apply(model, trp.Config(scheme=scheme, energy=ENERGY, nuclear=nuclear)).hooks
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, weight_decay=1e-4, schedule="multistep",
                       milestones=(epochs // 2, (3 * epochs) // 4), seed=seed, augment="shift1", progress=False)
-    res = Trainer(model, splits, cfg, callbacks=hooks).fit(resume=False)
-    return model, res
+    return Trainer(model, splits, cfg, callbacks=hooks).fit(resume=False)
+
+
+def _seed_jobs(work, splits, seed: int, epochs: int, tiny: bool, with_sweep: bool) -> dict[str, Any]:
+    """One seed's jobs: base and TRP training, decomposition and latency, post-hoc TSVD at TRP's speed-up,
+    the energy sweep. A --full run keeps each finished job (reproduce.jobcache) and resumes job by job."""
+    from reparam.experiments.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
+
+    shape = input_shape_of(splits)
+    key = {"data": data_key(splits), "seed": seed, "epochs": epochs, "energy": ENERGY, "tiny": tiny}
+    def train_base(model):
+        res = _fit(model, splits, seed, epochs, "none")
+        return {"test_acc": res.test_acc, "train_seconds": res.train_seconds}
+
+    base, base_info = cached_model(work, "trp-jobs", "base", key, lambda: _build(splits, seed), train_base)
+    rows: dict[str, Any] = {"base": base_info}
+    sweep: dict[str, list[tuple[float, float]]] = {}
+    for scheme in ("channel", "spatial"):
+        def train_and_measure(scheme=scheme):
+            model = _build(splits, seed)
+            res = _fit(model, splits, seed, epochs, "trp", scheme)
+            # latency on a CIFAR-sized 32x32 input: at 8x8 per-layer overhead hides any gain
+            _, _, m = decompose_and_measure(model, splits, scheme, "value:0.05",
+                                            latency_batches=(8,) if tiny else (128,), latency_repeats=6,
+                                            latency_size=32, splits_to_eval=("test",))
+            return {**m, "train_seconds": res.train_seconds}
+
+        m = rows[f"trp-{scheme}"] = cached_json(work, "trp-jobs", f"trp-{scheme}", {**key, "scheme": scheme},
+                                                train_and_measure)
+
+        def posthoc(scheme=scheme, target=m["flops_speedup"]):
+            e, _ = energy_for_speedup(base, scheme, target, shape)
+            return decompose_and_measure(base, splits, scheme, f"energy:{e}", latency_batches=(),
+                                         splits_to_eval=("test",))[2]
+
+        rows[f"posthoc-{scheme}"] = cached_json(work, "trp-jobs", f"posthoc-{scheme}",
+                                                {**key, "scheme": scheme, "target": m["flops_speedup"]}, posthoc)
+        if with_sweep:
+            def energy_sweep(scheme=scheme):
+                out = []
+                for ee in (0.2, 0.5) if tiny else (0.1, 0.2, 0.3, 0.4, 0.5):
+                    _, _, sm = decompose_and_measure(base, splits, scheme, f"energy:{ee}", latency_batches=(),
+                                                     splits_to_eval=("test",))
+                    out.append((sm["flops_speedup"], 100 * sm["test_acc_decomposed"]))
+                return {"points": out}
+
+            got = cached_json(work, "trp-jobs", f"sweep-{scheme}", {**key, "scheme": scheme}, energy_sweep)
+            sweep[scheme] = [tuple(p) for p in got["points"]]
+    return {"rows": rows, "sweep": sweep}
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.experiments.trp.report import decompose_and_measure, energy_for_speedup, input_shape_of
     from reparam.metrics.plots import line_plot
 
     t0 = time.perf_counter()
@@ -49,26 +100,10 @@ def run(ctx: ReproduceContext) -> MethodReport:
     sweep: dict[str, list[tuple[float, float]]] = {"channel": [], "spatial": []}
     for seed in seeds:
         splits = ctx.load_data("trp", seed, quick_subset=200 if tiny else None)
-        shape = input_shape_of(splits)
-        base, base_res = _train(splits, seed, epochs, "none")
-        rows["base"].append({"test_acc": base_res.test_acc, "train_seconds": base_res.train_seconds})
-        for scheme in ("channel", "spatial"):
-            model, res = _train(splits, seed, epochs, "trp", scheme)
-            # latency on a CIFAR-sized 32x32 input: at 8x8 per-layer overhead hides any gain
-            _, _, m = decompose_and_measure(model, splits, scheme, "value:0.05",
-                                            latency_batches=(8,) if tiny else (128,), latency_repeats=6,
-                                            latency_size=32, splits_to_eval=("test",))
-            m["train_seconds"] = res.train_seconds
-            rows[f"trp-{scheme}"].append(m)
-            e, _ = energy_for_speedup(base, scheme, m["flops_speedup"], shape)
-            _, _, pm = decompose_and_measure(base, splits, scheme, f"energy:{e}", latency_batches=(),
-                                             splits_to_eval=("test",))
-            rows[f"posthoc-{scheme}"].append(pm)
-            if seed == seeds[0]:
-                for ee in (0.2, 0.5) if tiny else (0.1, 0.2, 0.3, 0.4, 0.5):
-                    _, _, sm = decompose_and_measure(base, splits, scheme, f"energy:{ee}", latency_batches=(),
-                                                     splits_to_eval=("test",))
-                    sweep[scheme].append((sm["flops_speedup"], 100 * sm["test_acc_decomposed"]))
+        got = _seed_jobs(ctx.work_dir, splits, seed, epochs, tiny, with_sweep=seed == seeds[0])
+        for k, v in got["rows"].items():
+            rows[k].append(v)
+        sweep = got["sweep"] or sweep
 
     def mean(key: str, rs: list[dict[str, Any]]) -> float:
         return statistics.mean(r[key] for r in rs)
