@@ -3,6 +3,11 @@ results.json, as Markdown: every number comes from the run that wrote the file, 
 paired statistics (scipy's paired t-test, as the report's verdicts).
 
     python benchmarks/mixturegrowth_tables.py docs/results/reproduce-full/results.json
+
+A full run still under way: `--partial OUT` lists the jobs of each seed its cache already holds (test
+accuracy, FLOPs spent, accuracy right at growth), read from `OUT.partial/cache/mixturegrowth-cache`:
+
+    PYTHONPATH=src python benchmarks/mixturegrowth_tables.py --partial runs/reproduce-full --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -64,11 +69,45 @@ def tables(results: dict) -> str:
     return "\n".join(out)
 
 
+def partial(out: Path, seeds: list[int]) -> str:
+    """One row per cached job of a --full run (no statistics: seeds may be missing)."""
+    from reparam.reproduce.claims import ReproduceContext
+    from reparam.reproduce.mixturegrowth import job_cache_path, seed_jobs
+
+    work = next((p / "cache" for p in (Path(f"{out}.partial"), out) if (p / "cache").is_dir()), None)
+    if work is None:
+        raise ValueError(f"no cache folder in {out}.partial or {out}")
+    ctx = ReproduceContext(out_dir=out, quick=False, seed=0, threads=1, work_dir=work)
+    rows = ["| seed | job | test accuracy (%) | FLOPs spent (X) | test accuracy right after growth (%) |",
+            "|---|---|---|---|---|"]
+    for seed in seeds:
+        splits = ctx.load_data("mixturegrowth", seed)
+        for job in seed_jobs(ctx, seed):
+            path = job_cache_path(job, splits, work / "mixturegrowth-cache")
+            if not path.exists():
+                rows.append(f"| {seed} | {job.label} | not run yet | | |")
+                continue
+            r = json.loads(path.read_text())
+            grown = {k: v for k, v in r["extra"].items() if "test_acc_at_growth" in k}
+            at = ", ".join(f"{k.replace('grown_test_acc_at_growth', 'this init').replace('test_acc_at_growth_', '')}"
+                           f" {100 * v:.2f}" for k, v in grown.items())
+            rows.append(f"| {seed} | {job.label} | {100 * r['test_acc']:.2f} | {r['flops_norm']:.3f} | {at} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", type=Path, help="a reproduce report's results.json")
+    ap.add_argument("results", type=Path, nargs="?", help="a reproduce report's results.json")
+    ap.add_argument("--partial", type=Path, help="a --full run's report folder (OUT), finished or not")
+    ap.add_argument("--seeds", default="0,1,2", help="with --partial: comma-separated seeds (default 0,1,2)")
     args = ap.parse_args(argv)
+    if (args.results is None) == (args.partial is None):
+        print("error: give either a results.json or --partial OUT", file=sys.stderr)
+        return 2
     try:
+        if args.partial is not None:
+            print(partial(args.partial, [int(x) for x in args.seeds.split(",")]))
+            return 0
         print(tables(json.loads(args.results.read_text())))
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error: cannot make the tables from {args.results}: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import torch
 
@@ -114,7 +115,47 @@ def _ms(v: list[float]) -> str:
 RUN_CACHE_FORMAT = 1
 
 
-def _run_cached(method: str, s, splits, net1, cache, at_growth: tuple[str, ...] = ()) -> SimpleNamespace:
+class Job(NamedTuple):
+    label: str            # a Table 1 method name, "coef-random" / "coef-copy" (Table 4) or "stacked"
+    method: str           # what run_method runs
+    settings: Any         # GrowSettings
+    at_growth: tuple[str, ...] = ()
+
+
+def _mode(ctx: ReproduceContext) -> tuple[str, int, int | None, tuple[str, ...]]:
+    """(target model, E, tiny train subset, Table 1 methods) of this mode."""
+    tiny = getattr(ctx, "tiny", False)
+    model_name, epochs = ("wrn-10-1", 3 if tiny else 10) if ctx.quick or tiny else ("wrn-16-2", 10)
+    methods = ("mixturegrowth", "wo-fusion", "random", "net2net", "large-match", "large")
+    if not ctx.quick:
+        methods += ("small", "small-match")
+    return model_name, epochs, 150 if tiny else None, methods
+
+
+def seed_jobs(ctx: ReproduceContext, seed: int) -> list[Job]:
+    """Every job of one seed, in the order they run."""
+    from reparam.experiments.mixturegrowth.pipeline import GrowSettings
+
+    model_name, epochs, _, methods = _mode(ctx)
+    s = GrowSettings(model=model_name, full_epochs=epochs, budget=0.45, fraction=1.0, seed=seed)
+    jobs = [Job(m, m, s, ("random", "copy") if m == "mixturegrowth" else ()) for m in methods]
+    if not ctx.quick:   # full mode: Table 4 trained to the end, and the official code's template initialisation
+        jobs += [Job(f"coef-{ci}", "mixturegrowth", replace(s, coef_init=ci)) for ci in ("random", "copy")]
+        jobs.append(Job("stacked", "mixturegrowth", replace(s, template_init="stacked")))
+    return jobs
+
+
+def job_cache_path(job: Job, splits, cache) -> Path | None:
+    if cache is None:
+        return None
+    key = {"method": job.method, "settings": asdict(job.settings), "at_growth": list(job.at_growth),
+           "format": RUN_CACHE_FORMAT,
+           "data": [getattr(splits, "name", "?"), len(splits.train), len(splits.test), splits.num_classes]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cache) / f"run-{job.method}-{digest}.json"
+
+
+def _run_cached(job: Job, splits, net1, cache) -> SimpleNamespace:
     """run_method, with what the report uses kept as JSON in the cache: a `--full` run killed (or ended with
     its session) continues job by job, not only from network 1. `at_growth` inits are measured on the same
     trained members right at growth (Fig. 3b) before the members are dropped."""
@@ -122,14 +163,10 @@ def _run_cached(method: str, s, splits, net1, cache, at_growth: tuple[str, ...] 
     from reparam.experiments.mixturegrowth.pipeline import _acc, _net1_model, run_method
     from reparam.mixturegrowth.grow import grow
 
-    path = None
-    if cache is not None:
-        key = {"method": method, "settings": asdict(s), "at_growth": list(at_growth), "format": RUN_CACHE_FORMAT,
-               "data": [getattr(splits, "name", "?"), len(splits.train), len(splits.test), splits.num_classes]}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = Path(cache) / f"run-{method}-{digest}.json"
-        if path.exists():
-            return SimpleNamespace(**json.loads(path.read_text()))
+    method, s, at_growth = job.method, job.settings, job.at_growth
+    path = job_cache_path(job, splits, cache)
+    if path is not None and path.exists():
+        return SimpleNamespace(**json.loads(path.read_text()))
     r = run_method(method, s, splits, net1)
     extra = dict(r.extra)
     for ci in at_growth:
@@ -144,19 +181,15 @@ def _run_cached(method: str, s, splits, net1, cache, at_growth: tuple[str, ...] 
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.experiments.mixturegrowth.pipeline import GrowSettings, train_net1
+    from reparam.experiments.mixturegrowth.pipeline import train_net1
     from reparam.metrics.plots import line_plot
 
     t0 = time.perf_counter()
     torch.set_num_threads(ctx.threads)
     tiny = getattr(ctx, "tiny", False)
-    model_name, epochs = ("wrn-10-1", 3 if tiny else 10) if ctx.quick or tiny else ("wrn-16-2", 10)
-    subset = 150 if tiny else None
+    model_name, epochs, subset, methods = _mode(ctx)
     claims = _exact_claims(model_name)
     seeds = list(range(ctx.seed, ctx.seed + (1 if tiny else ctx.seeds)))
-    methods = ("mixturegrowth", "wo-fusion", "random", "net2net", "large-match", "large")
-    if not ctx.quick:
-        methods += ("small", "small-match")
     trained_inits = ("random", "copy") if not ctx.quick else ()
     final_by_init: dict[str, list[float]] = {c: [] for c in trained_inits}
     stacked: list[float] = []
@@ -169,10 +202,19 @@ def run(ctx: ReproduceContext) -> MethodReport:
     cache = (ctx.work_dir / "mixturegrowth-cache") if ctx.work_dir else None
     for seed in seeds:
         splits = ctx.load_data(METHOD, seed, quick_subset=subset)
-        s = GrowSettings(model=model_name, full_epochs=epochs, budget=0.45, fraction=1.0, seed=seed)
-        net1, _ = train_net1(s, splits, cache)
-        for m in methods:
-            r = _run_cached(m, s, splits, net1, cache, at_growth=("random", "copy") if m == "mixturegrowth" else ())
+        net1s: dict[str, dict] = {}   # network 1 per template init, trained (or read) before its first job
+        for job in seed_jobs(ctx, seed):
+            ti = job.settings.template_init
+            if ti not in net1s:
+                net1s[ti] = train_net1(job.settings, splits, cache)[0]
+            r = _run_cached(job, splits, net1s[ti], cache)
+            if job.label.startswith("coef-"):
+                final_by_init[job.label.removeprefix("coef-")].append(r.test_acc)
+                continue
+            if job.label == "stacked":
+                stacked.append(r.test_acc)
+                continue
+            m = job.label
             acc[m].append(r.test_acc)
             secs[m].append(sum(h.get("seconds", 0.0) for h in r.history))
             flops[m] = r.flops_norm
@@ -184,14 +226,6 @@ def run(ctx: ReproduceContext) -> MethodReport:
                 at_growth["orthogonal"].append(r.extra["grown_test_acc_at_growth"])
                 for ci in ("random", "copy"):
                     at_growth[ci].append(r.extra[f"test_acc_at_growth_{ci}"])
-        # full mode: Table 4 trained to the end, and the official code's template initialisation
-        for ci in trained_inits:
-            r = _run_cached("mixturegrowth", replace(s, coef_init=ci), splits, net1, cache)
-            final_by_init[ci].append(r.test_acc)
-        if not ctx.quick:
-            s_off = replace(s, template_init="stacked")
-            net1_off, _ = train_net1(s_off, splits, cache)
-            stacked.append(_run_cached("mixturegrowth", s_off, splits, net1_off, cache).test_acc)
     data = ctx.data_title
     setting = (f"{ctx.data_label(splits)}, {model_name} target (small: stem 8, half width), E = {epochs} epochs, "
                f"budget 0.45X, x = 1.0, SGD cosine, seeds {seeds}")
