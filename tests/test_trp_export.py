@@ -108,3 +108,14 @@ def test_module_times_has_every_leaf_and_the_whole_pass():
     assert all(v >= 0 for v in t.values()) and t[""] >= t["0"]
     with pytest.raises(ReparamError, match="unknown clock 'gpu'"):
         module_times(net, torch.rand(1, 1, 6, 6), clock="gpu")
+
+
+def test_cost_table_key_names_the_allocator_only_when_set(monkeypatch):
+    from reparam.trp.latency import machine_key
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert "allocator" not in machine_key()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2 /usr/lib/libother.so")
+    assert machine_key()["allocator"] == "GLIBC_TUNABLES=glibc.malloc.trim_threshold=1;LD_PRELOAD=libjemalloc.so.2"
