@@ -320,3 +320,12 @@ def test_cli_plan_options_bad_input(tmp_path, capsys, args, msg):
 def test_cuda_refused_without_a_gpu():
     with pytest.raises(ReparamError, match="no CUDA GPU"):
         CostTable(False, device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cli_cuda_refused_in_one_line_without_a_gpu(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["trp", "train", *CLI, "--latency-device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "latency device 'cuda' was asked for but torch sees no CUDA GPU" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -26,7 +26,7 @@ from reparam.trp.decompose import (
     decompose_model,
     skeleton,
 )
-from reparam.trp.export import RUNTIMES, compare, prepare
+from reparam.trp.export import RUNTIMES, compare, fold_batchnorm, module_times, prepare
 from reparam.trp.flops import conv_macs, formula_macs, speedup
 from reparam.trp.latency import CostTable, peak_forward_bytes
 from reparam.trp.plan import PLANS, PlanRow, fast_ranks, make_plan, tighten
@@ -56,7 +56,7 @@ __all__ = [
     "PLANS", "RUNTIMES", "Config", "CostTable", "LayerPlan", "MultiPathConv", "PlanRow", "RankRule", "TRPCallback",
     "TRPConfig", "TRPHook", "apply", "choose", "compare", "conv_macs", "decompose", "decompose_conv",
     "decompose_linear", "decompose_model", "default_filter", "energy_rank", "fast_ranks", "fixed_rank", "fold",
-    "formula_macs", "fraction_rank", "from_matrix", "layers", "low_rank", "make_plan", "max_rank", "nuclear_norm",
-    "nuclear_subgradient", "peak_forward_bytes", "prepare", "project_", "project_model_", "select_targets",
-    "skeleton", "speedup", "tighten", "to_matrix", "value_rank",
+    "fold_batchnorm", "formula_macs", "fraction_rank", "from_matrix", "layers", "low_rank", "make_plan", "max_rank",
+    "module_times", "nuclear_norm", "nuclear_subgradient", "peak_forward_bytes", "prepare", "project_",
+    "project_model_", "select_targets", "skeleton", "speedup", "tighten", "to_matrix", "value_rank",
 ]

@@ -84,9 +84,28 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def allocator_setting() -> str:
+    """The memory allocator settings of this process that change CPU timings ('' = glibc's defaults).
+
+    glibc returns large freed blocks to the OS, so each forward pass page-faults its activations in again;
+    how much depends on the allocation history, and a layer's time can double from one measurement to the
+    next (docs/results/trp.md). GLIBC_TUNABLES (e.g. a high mmap and trim threshold) or an LD_PRELOADed
+    allocator (jemalloc, tcmalloc) change that, so they are part of what a measurement depends on."""
+    parts = []
+    if os.environ.get("GLIBC_TUNABLES"):
+        parts.append(f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
+    pre = [Path(x).name for x in os.environ.get("LD_PRELOAD", "").split() if "alloc" in Path(x).name]
+    if pre:
+        parts.append("LD_PRELOAD=" + ",".join(pre))
+    return ";".join(parts)
+
+
 def machine_key(device: str = "cpu") -> dict[str, Any]:
     """What a measurement depends on besides the layer: the processor, torch, threads, device."""
     key = {"cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    alloc = allocator_setting()
+    if alloc:            # only when set, so the default key (and its cached file) stays what it was
+        key["allocator"] = alloc
     if device == "cuda":
         key["gpu"] = torch.cuda.get_device_name()
     return key
