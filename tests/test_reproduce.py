@@ -176,3 +176,29 @@ def test_trp_resumes_job_by_job(tmp_path, monkeypatch):
     second = trp_reproduce.run(ctx("b"))
     assert [asdict(c) for c in first.claims] == [asdict(c) for c in second.claims]
     assert asdict(first.summary) == asdict(second.summary)
+
+
+def test_adapters_resume_job_by_job(tmp_path, monkeypatch):
+    """The adapters section caches its base model and each adapter's result: a second run in the same work folder
+    trains nothing and reports the same claims (the NOLA file checks included)."""
+    from dataclasses import asdict
+
+    from reparam.experiments.adapters import runs
+    from reparam.reproduce import adapters
+    from reparam.reproduce.claims import ReproduceContext
+
+    def ctx(out):
+        return ReproduceContext(out_dir=tmp_path / out, quick=True, seed=0, threads=1, work_dir=tmp_path / "cache",
+                                tiny=True)
+
+    first = adapters.run(ctx("a"))
+    jobs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "adapters-jobs").iterdir())
+    assert jobs == ["adapt-linear", "adapt-nola", "base"], jobs
+
+    def no_work(*a, **k):
+        raise AssertionError("a cached job ran again")
+
+    monkeypatch.setattr(runs, "adapt", no_work)
+    monkeypatch.setattr(adapters, "_pretrain", no_work)
+    second = adapters.run(ctx("b"))
+    assert [asdict(c) for c in first.claims] == [asdict(c) for c in second.claims]

@@ -15,32 +15,64 @@ import time
 from pathlib import Path
 
 from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
+from reparam.reproduce.jobcache import cached_json, cached_model, data_key
 
 K = 200
 BASE_EPOCHS = 8
 EPOCHS = 10
 
 
-def _pretrain(splits, seed: int, epochs: int):
+def _build(splits, seed: int):
     from reparam.core.runtime import seed_everything
     from reparam.models import build_model
-    from reparam.train import TrainConfig, Trainer
 
     seed_everything(seed)
-    model = build_model("cnn", num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=splits.image_size, mean=splits.mean, std=splits.std)
+    return build_model("cnn", num_classes=splits.num_classes, in_channels=splits.in_channels,
+                       image_size=splits.image_size, mean=splits.mean, std=splits.std)
+
+
+def _pretrain(model, splits, seed: int, epochs: int) -> dict:
+    from reparam.train import TrainConfig, Trainer
+
     res = Trainer(model, splits, TrainConfig(epochs=epochs, lr=0.05, batch_size=64, seed=seed, progress=False)).fit()
-    return model.eval(), res.test_acc
+    return {"test_acc": res.test_acc}
 
 
-def run(ctx: ReproduceContext) -> MethodReport:
+def _adapt_job(base, tgt, method: str, epochs: int, seed: int) -> dict:
+    """One adapter trained on a copy of the base; for NOLA also: its file alone rebuilds the adapted model
+    bit-exactly on a fresh copy of the base, and is refused on a different base."""
     import copy
 
     import torch
 
     from reparam import nola
-    from reparam.data import limit_test, load_dataset
     from reparam.experiments.adapters import runs
+
+    model = copy.deepcopy(base)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        m, _ = runs.adapt(model, tgt, method, k=K, rank=1 if method == "lora" else None, epochs=epochs,
+                          seed=seed, out_dir=Path(tmp) if method == "nola" else None)
+        if method == "nola":     # the file alone, on a fresh copy of the base
+            fresh = copy.deepcopy(base)
+            nola.load_adapter(Path(tmp) / "adapter.safetensors", fresh)
+            x = tgt.test.tensors[0]
+            with torch.no_grad():
+                out["exact"] = torch.equal(fresh.eval()(x), model.eval()(x))
+            out["file_bytes"] = m["file_bytes"]
+            other = copy.deepcopy(base)
+            with torch.no_grad():
+                other.head.bias.add_(1e-3)
+            try:
+                nola.load_adapter(Path(tmp) / "adapter.safetensors", other)
+                out["refused"] = False
+            except Exception:
+                out["refused"] = True
+    return {**out, "test_acc": m["test_acc"], "params_stored": m["params_stored"]}
+
+
+def run(ctx: ReproduceContext) -> MethodReport:
+    from reparam.data import limit_test, load_dataset
     from reparam.experiments.adapters.targets import register_adapter_targets
     from reparam.metrics.evaluation import accuracy
 
@@ -56,35 +88,28 @@ def run(ctx: ReproduceContext) -> MethodReport:
     exact, file_bytes, refused = [], [], []
     for seed in seeds:
         src = ctx.load_data("adapters", seed, quick_subset=200 if tiny else None)
-        base, base_acc = _pretrain(src, seed, base_epochs)
-        acc["base"].append(base_acc)
+        # a --full run keeps each finished job (reproduce.jobcache): the base model and each adapter's result
+        key = {"data": data_key(src), "seed": seed, "base_epochs": base_epochs, "epochs": epochs, "k": K}
+        base, info = cached_model(ctx.work_dir, "adapters-jobs", "base", key,
+                                  lambda src=src, seed=seed: _build(src, seed),
+                                  lambda model, src=src, seed=seed: _pretrain(model, src, seed, base_epochs))
+        base.eval()
+        acc["base"].append(info["test_acc"])
         tgt = load_dataset(target, seed=seed, train_subset=200 if tiny and ctx.quick else ctx.train_subset("adapters"),
                            val_fraction=ctx.val_fraction)
         if ctx.test_limit:
             tgt = limit_test(tgt, ctx.test_limit, seed)
         acc["zero-shot"].append(accuracy(base, tgt.test))
+        tkey = {**key, "target": [target, *data_key(tgt)]}
         for method in methods:
-            model = copy.deepcopy(base)
-            with tempfile.TemporaryDirectory() as tmp:
-                m, _ = runs.adapt(model, tgt, method, k=K, rank=1 if method == "lora" else None, epochs=epochs,
-                                  seed=seed, out_dir=Path(tmp) if method == "nola" else None)
-                if method == "nola":     # the file alone, on a fresh copy of the base
-                    fresh = copy.deepcopy(base)
-                    nola.load_adapter(Path(tmp) / "adapter.safetensors", fresh)
-                    x = tgt.test.tensors[0]
-                    with torch.no_grad():
-                        exact.append(torch.equal(fresh.eval()(x), model.eval()(x)))
-                    file_bytes.append(m["file_bytes"])
-                    other = copy.deepcopy(base)
-                    with torch.no_grad():
-                        other.head.bias.add_(1e-3)
-                    try:
-                        nola.load_adapter(Path(tmp) / "adapter.safetensors", other)
-                        refused.append(False)
-                    except Exception:
-                        refused.append(True)
-            acc[method].append(m["test_acc"])
-            stored[method] = m["params_stored"]
+            r = cached_json(ctx.work_dir, "adapters-jobs", f"adapt-{method}", {**tkey, "method": method},
+                            lambda m=method, b=base, t=tgt, s=seed: _adapt_job(b, t, m, epochs, s))
+            if method == "nola":
+                exact.append(r["exact"])
+                file_bytes.append(r["file_bytes"])
+                refused.append(r["refused"])
+            acc[method].append(r["test_acc"])
+            stored[method] = r["params_stored"]
 
     def mean(key: str) -> float:
         return statistics.mean(acc[key])
