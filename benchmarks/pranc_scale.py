@@ -8,8 +8,11 @@
     ... apply --model resnet20 --k 100000
 
 rate:    basis entries per second of the i.i.d. generator (scaled entries into a reused buffer, the way
-         training and decoding use it) against torch.rand into a reused buffer of the same shape, alternating.
-step:    training steps (forward, backward, Adam) of several variants of one model built in ONE process,
+         training and decoding use it) against torch.rand into a reused buffer of the same shape, alternating;
+         --backends: the generator's backends to time in the same rounds (c = compiled kernel, numba, torch =
+         its torch code; REPARAM_KERNEL is switched per call).
+step:    training steps (forward, backward, Adam) of several variants of one model built in ONE process
+         (a kind may end with @c, @numba or @torch: the generator backend its steps run with),
          their steps alternating (A B C, then C B A, ...) so the machine's load hits all alike; reports
          the median s/step and the median of the per-round ratios to the first kind, with its IQR.
 rss:     peak RSS of a few steps of each kind, each in its own process (peak RSS is per process).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,12 +45,35 @@ def _model(name: str):
     return build_model(name, num_classes=10, in_channels=1, image_size=(28, 28))
 
 
+_ENV = {"c": "c", "numba": "numba", "torch": "0"}
+
+
+def _with_backend(backend: str | None, fn):
+    """fn run with REPARAM_KERNEL set for `backend` (None: as the environment has it)."""
+    if backend is None:
+        return fn
+
+    def run(*a):
+        old = os.environ.get("REPARAM_KERNEL")
+        os.environ["REPARAM_KERNEL"] = _ENV[backend]
+        try:
+            return fn(*a)
+        finally:
+            if old is None:
+                os.environ.pop("REPARAM_KERNEL")
+            else:
+                os.environ["REPARAM_KERNEL"] = old
+    return run
+
+
 def _variant(name: str, kind: str):
-    """(model, step) for 'dense', 'fastfood:K', 'iid-materialized:K', 'iid-streamed:K[:chunk]'."""
+    """(model, step) for 'dense', 'fastfood:K', 'iid-materialized:K', 'iid-streamed:K[:chunk]', each optionally
+    with '@c', '@numba' or '@torch' (the generator backend)."""
     import warnings
 
     from reparam.pranc import PrancConfig, apply_pranc
 
+    kind, _, backend = kind.partition("@")
     model = _model(name)
     if kind != "dense":
         basis, k, *rest = kind.split(":")
@@ -63,7 +90,7 @@ def _variant(name: str, kind: str):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model, step
+    return model, _with_backend(backend or None, step)
 
 
 def _data(batch: int):
@@ -74,33 +101,40 @@ def _data(batch: int):
 def cmd_rate(args) -> list[dict]:
     from reparam.core import generator
 
+    backends = args.backends.split(",") if args.backends else [None]
     out = []
     for rows, cols in [(64, 268058), (256, 4096)]:
         buf = torch.empty(rows, cols)
         scale = torch.full((cols,), 0.05)
         factor = generator.uniform_factor(scale)
-        times = {"generator": [], "torch.rand": []}
-        cpu = {"generator": [], "torch.rand": []}
-        for r in range(args.rounds + 1):
-            order = ("generator", "torch.rand") if r % 2 else ("torch.rand", "generator")
-            for name in order:
+        names = [f"generator@{b}" if b else "generator" for b in backends] + ["torch.rand"]
+        def gen(buf=buf, rows=rows, cols=cols, scale=scale, factor=factor):
+            generator.fill_block(buf, 0, 0, 0, rows, 0, cols, "uniform", scale, factor=factor)
+
+        fns = {name: _with_backend(b, gen) for name, b in zip(names, backends)}
+        fns["torch.rand"] = lambda buf=buf: torch.rand(buf.shape, out=buf)
+        used = {name: _with_backend(b, lambda: getattr(generator.genkernel.kernel(), "name", "torch"))()
+                for name, b in zip(names, backends)}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds + 1):      # round 0: warm-up (JIT compile, first-use setup)
+            for name in (names if r % 2 else names[::-1]):
                 t, c = time.perf_counter(), time.process_time()
-                if name == "generator":
-                    generator.fill_block(buf, 0, 0, 0, rows, 0, cols, "uniform", scale, factor=factor)
-                else:
-                    torch.rand(rows, cols, out=buf)
+                fns[name]()
                 if r:
                     times[name].append(time.perf_counter() - t)
                     cpu[name].append(time.process_time() - c)
-        ratios = [a / b for a, b in zip(times["torch.rand"], times["generator"])]
         n = rows * cols
-        out.append({"bench": "rate", "shape": [rows, cols],
-                    "generator_M_per_s": n / statistics.median(times["generator"]) / 1e6,
-                    "rand_M_per_s": n / statistics.median(times["torch.rand"]) / 1e6,
-                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
-                    "cpu_generator_M_per_s": n / statistics.median(cpu["generator"]) / 1e6,
-                    "cpu_rand_M_per_s": n / statistics.median(cpu["torch.rand"]) / 1e6,
-                    "kernel": generator.genkernel.kernel() is not None})
+        for name in names[:-1]:
+            ratios = [a / b for a, b in zip(times["torch.rand"], times[name])]
+            cratios = [a / b for a, b in zip(cpu["torch.rand"], cpu[name])]
+            out.append({"bench": "rate", "shape": [rows, cols], "backend": used[name],
+                        "generator_M_per_s": n / statistics.median(times[name]) / 1e6,
+                        "rand_M_per_s": n / statistics.median(times["torch.rand"]) / 1e6,
+                        "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
+                        "cpu_ratio_median": statistics.median(cratios),
+                        "cpu_generator_M_per_s": n / statistics.median(cpu[name]) / 1e6,
+                        "cpu_rand_M_per_s": n / statistics.median(cpu["torch.rand"]) / 1e6})
     return out
 
 
@@ -242,6 +276,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--k", type=int, default=100_000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--backends", default="", help="rate: comma-separated c, numba, torch (default: as configured)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.what == "_one":

@@ -28,11 +28,12 @@ def _digest(t: torch.Tensor) -> str:
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """A process that has not tried the kernel yet, with an empty cache folder and the kernel enabled."""
+    """A process that has not tried the C kernel yet, with an empty cache folder and only the C kernel
+    enabled (numba, when installed, would otherwise stand in for it)."""
     monkeypatch.setattr(genkernel, "_tried", False)
     monkeypatch.setattr(genkernel, "_lib", None)
     monkeypatch.setenv("REPARAM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("REPARAM_KERNEL", raising=False)
+    monkeypatch.setenv("REPARAM_KERNEL", "c")
     return tmp_path
 
 
@@ -193,3 +194,42 @@ def test_streamed_training_uses_the_fused_kernel_and_matches_the_tiles(dist, mon
         res.append((out.detach(), core.alpha.grad.clone()))
     assert torch.allclose(res[0][0], res[1][0], rtol=1e-5, atol=1e-6)
     assert torch.allclose(res[0][1], res[1][1], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the numba backend (optional extra)
+def test_numba_backend_gives_the_same_bits_as_torch_and_the_c_kernel(monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.setenv("REPARAM_KERNEL", "numba")
+    jit = genkernel.kernel()
+    assert jit is not None and jit.name == "numba" and genkernel._self_check(jit)
+    assert _digest(gen.unit_block(12345, 2, 5, 300, 3, 7001, "uniform")) == UNIT_UNIFORM
+    assert _pranc_weights() == WEIGHTS_K300_SEED7
+    keys = gen.row_keys(8, 1, 0, 11, "cpu")
+    scale = torch.linspace(0.02, 0.4, 2100)
+    res = {}
+    for mode in ("numba", "c", "0"):
+        monkeypatch.setenv("REPARAM_KERNEL", mode)
+        if mode == "c" and genkernel.kernel() is None:
+            continue
+        for dist in ("uniform", "gaussian"):
+            th, ga = torch.zeros(2100), torch.zeros(11)
+            fused = [gen.fused_product("theta", th, keys, torch.linspace(-1, 1, 11), 7, 2107, dist, scale),
+                     gen.fused_product("grad", ga, keys, torch.linspace(-2, 1, 2100), 7, 2107, dist, scale)]
+            assert all(fused) == (mode != "0")
+            res[mode, dist] = (gen.fill_block(torch.empty(11, 2100), 8, 1, 0, 11, 7, 2107, dist, scale), th, ga)
+    for (mode, dist), (entries, th, ga) in res.items():
+        assert torch.equal(entries, res["0", dist][0])
+        if mode != "0":
+            assert torch.equal(th, res["numba", dist][1]) and torch.equal(ga, res["numba", dist][2])
+
+
+def test_numba_stands_in_when_there_is_no_compiler(fresh, monkeypatch):
+    pytest.importorskip("numba")
+    empty = fresh / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("REPARAM_KERNEL", "1")
+    backend = genkernel.kernel()
+    assert backend is not None and backend.name == "numba"
+    assert _pranc_weights() == WEIGHTS_K300_SEED7

@@ -2,15 +2,21 @@
 
 Torch's CPU kernels emulate 64-bit multiplication lane by lane on AVX2 and make one memory pass per
 operation: the SplitMix64 hash (13 int64 operations per 4 entries) plus the conversion took about 7 ns
-per entry on one thread. This C loop hashes, converts and scales in registers. It is compiled once per
-machine with the system C compiler (`cc`, no Python headers, no torch headers, loaded with ctypes) into
-a cache folder ($REPARAM_CACHE, default ~/.cache/reparam). Without a compiler, without a writable cache
-folder, with REPARAM_KERNEL=0, or when the built kernel fails its self-check (every code path against a
-pure-Python definition of the bits, once per process), the generator uses its torch code; tests check
-that both give identical bits and that each of those cases falls back.
+per entry on one thread. This C code hashes, converts and scales in L1-sized stages, and also computes the
+streamed training products (alpha @ B, B @ g) with each piece of the basis used while in cache, never
+written out. It is compiled once per machine with the system C compiler (`cc`, no Python headers, no torch
+headers, loaded with ctypes) into a cache folder ($REPARAM_CACHE, default ~/.cache/reparam), with an AVX2
+and a baseline copy of each function picked at load time from the running CPU (GCC/clang target_clones;
+built without where unsupported): a library cached in a home shared by different machines runs on each.
+Without a compiler, without a writable cache folder, or when the built kernel fails its self-check (every
+code path against a pure-Python definition of the bits, once per process), the same functions JIT-compiled
+by numba are used when numba is installed (reparam.core.genjit, `pip install reparam[jit]`), else the
+generator's torch code; REPARAM_KERNEL selects (see `kernel`). Tests check that all give identical bits
+and that each of those cases falls back.
 
 Exactness: only integer operations (unsigned, wrapping), the exact int16 -> float conversion and +0.5,
-and one float multiply per entry; compiled without fast-math and without floating-point contraction.
+and one float multiply per entry; compiled without fast-math and without floating-point contraction. The
+fused products' float32 sums follow one order written in the code (theta_reference, grad_reference).
 """
 
 from __future__ import annotations
@@ -130,7 +136,29 @@ def _tag() -> str:
     return hashlib.sha256((SOURCE + " ".join(FLAGS) + CLONES).encode()).hexdigest()[:16]
 
 
-def _build() -> ctypes.CDLL | None:
+class CBackend:
+    """The compiled library behind the backend interface that genjit.NumbaBackend shares (tensors: CPU,
+    float32 / int64 keys, unit column stride, as fill / theta / grad below pass them)."""
+
+    name = "c"
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+
+    def fill(self, out, keys, q0, lo, factor, table, scale) -> None:
+        self.lib.reparam_fill(out.data_ptr(), out.stride(0), keys.data_ptr(), out.shape[0], out.shape[1], q0, lo,
+                              *_dist_args(factor, table, scale))
+
+    def theta(self, out, keys, alpha, q0, lo, factor, table, scale) -> None:
+        self.lib.reparam_theta(out.data_ptr(), keys.data_ptr(), alpha.data_ptr(), len(keys), out.numel(), q0, lo,
+                               *_dist_args(factor, table, scale))
+
+    def grad(self, out, keys, g, q0, lo, factor, table, scale) -> None:
+        self.lib.reparam_grad(out.data_ptr(), keys.data_ptr(), g.data_ptr(), len(keys), g.numel(), q0, lo,
+                              *_dist_args(factor, table, scale))
+
+
+def _build() -> CBackend:
     lib_path = _cache_dir() / f"genkernel-{_tag()}.so"
     if not lib_path.exists():
         lib_path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +179,7 @@ def _build() -> ctypes.CDLL | None:
     lib.reparam_grad.argtypes = [ctypes.c_void_p, ctypes.c_void_p, *_ARGS]
     for f in (lib.reparam_fill, lib.reparam_theta, lib.reparam_grad):
         f.restype = None
-    return lib
+    return CBackend(lib)
 
 
 _MASK = (1 << 64) - 1
@@ -195,11 +223,11 @@ def grad_reference(vals: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return ((acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3])) + ((acc[:, 4] + acc[:, 5]) + (acc[:, 6] + acc[:, 7]))
 
 
-def _self_check(lib: ctypes.CDLL) -> bool:
-    """Every path of the kernel against the pure-Python definition of the entries, bit for bit: reparam_fill
-    (uniform with per-column factors or one factor; Gaussian with and without per-column scales; a partial
-    first quad; a row stride) and the fused products reparam_theta / reparam_grad (across a tile boundary)
-    against theta_reference / grad_reference. A compiler that builds the kernel differently (fast-math,
+def _self_check(backend) -> bool:
+    """Every path of a backend (the C library or numba) against the pure-Python definition of the entries,
+    bit for bit: fill (uniform with per-column factors or one factor; Gaussian with and without per-column
+    scales; a partial first quad) and the fused products theta / grad (across a tile boundary) against
+    theta_reference / grad_reference. A compiler that builds the kernel differently (fast-math,
     contraction, a miscompile) is not used."""
     keys = torch.tensor([1, -7, 0x5DEECE66D, -(2**63)], dtype=torch.int64)
     q0, lo, cols = 3, 3, 1285     # crosses the 256-entry stages and a 1,024-column tile, with tails
@@ -212,25 +240,21 @@ def _self_check(lib: ctypes.CDLL) -> bool:
     cases = [(col, None, None, (s + 0.5) * col), (0.013, None, None, (s + 0.5) * torch.tensor(0.013)),
              (None, table, col, gauss * col), (None, table, None, gauss)]
     for factor, tab, scale, want in cases:
-        args = (len(keys), cols, q0, lo, *_dist_args(factor, tab, scale))
+        dist = (factor, tab, scale)
         out = torch.full((len(keys), cols + 5), float("nan"))
-        lib.reparam_fill(out.data_ptr(), out.stride(0), keys.data_ptr(), *args)
+        backend.fill(out[:, :cols], keys, q0, lo, *dist)
         if not torch.equal(out[:, :cols], want) or not bool(out[:, cols:].isnan().all()):
             return False
         th, ga = torch.zeros(cols), torch.zeros(len(keys))
-        lib.reparam_theta(th.data_ptr(), keys.data_ptr(), alpha.data_ptr(), *args)
-        lib.reparam_grad(ga.data_ptr(), keys.data_ptr(), g.data_ptr(), *args)
+        backend.theta(th, keys, alpha, q0, lo, *dist)
+        backend.grad(ga, keys, g, q0, lo, *dist)
         if not (torch.equal(th, theta_reference(want, alpha)) and torch.equal(ga, grad_reference(want, g))):
             return False
     return True
 
 
-def kernel() -> ctypes.CDLL | None:
-    """The loaded kernel, or None (disabled with REPARAM_KERNEL=0, no working C compiler, no writable
-    cache folder, or a kernel that fails its self-check)."""
+def _c_kernel() -> CBackend | None:
     global _lib, _tried
-    if os.environ.get("REPARAM_KERNEL", "1") == "0":
-        return None
     if not _tried:
         _tried = True
         try:
@@ -241,52 +265,78 @@ def kernel() -> ctypes.CDLL | None:
     return _lib
 
 
-def _usable(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    lib = kernel()
-    if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+_jit: list = []     # [the numba backend or None], once tried
+
+
+def _jit_kernel():
+    if not _jit:
+        from reparam.core import genjit
+
+        jit = genjit.backend()
+        try:
+            _jit.append(jit if jit is not None and _self_check(jit) else None)
+        except Exception:       # noqa: BLE001 - a JIT that fails to compile or run is simply not used
+            _jit.append(None)
+    return _jit[0]
+
+
+def kernel() -> CBackend | None:
+    """The backend in use, or None (then the generator runs its torch code). REPARAM_KERNEL: unset or 1 =
+    the C kernel, else numba when installed; c = the C kernel only; numba = numba only; 0 = neither. The
+    C kernel is not used without a working C compiler, a writable cache folder, or when it fails its
+    self-check; numba likewise only when installed and it passes the same self-check."""
+    mode = os.environ.get("REPARAM_KERNEL", "1")
+    if mode == "0":
         return None
-    return lib
+    if mode in ("1", "c"):
+        lib = _c_kernel()
+        if lib is not None or mode == "c":
+            return lib
+    return _jit_kernel()
 
 
-def _dist(factor, table, scale) -> tuple:
+def _usable(*tensors: torch.Tensor):
+    backend = kernel()
+    if backend is None or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    return backend
+
+
+def _prep(factor, scale) -> tuple:
     factor = factor.contiguous() if isinstance(factor, torch.Tensor) else factor
     scale = scale.to(torch.float32).contiguous() if scale is not None else None
-    return (factor, scale), _dist_args(factor, table, scale)
+    return factor, scale
 
 
 def fill(out: torch.Tensor, keys: torch.Tensor, q0: int, lo: int, factor: torch.Tensor | float | None,
          table: torch.Tensor | None, scale: torch.Tensor | None) -> bool:
     """Fill out [rows, cols] (CPU float32, unit column stride) with the kernel; False if it is not available."""
-    lib = _usable(out)
-    if lib is None or (out.numel() and out.stride(1) != 1):
+    backend = _usable(out)
+    if backend is None or (out.numel() and out.stride(1) != 1):
         return False
-    rows, cols = out.shape
-    keys = keys.contiguous()
-    _keep, dist = _dist(factor, table, scale)
-    lib.reparam_fill(out.data_ptr(), out.stride(0), keys.data_ptr(), rows, cols, q0, lo, *dist)
+    factor, scale = _prep(factor, scale)
+    backend.fill(out, keys.contiguous(), q0, lo, factor, table, scale)
     return True
 
 
 def theta(out: torch.Tensor, keys: torch.Tensor, alpha: torch.Tensor, q0: int, lo: int,
           factor: torch.Tensor | float | None, table: torch.Tensor | None, scale: torch.Tensor | None) -> bool:
     """out [cols] += sum_r alpha[r] * entry(r, c), the entries generated on the fly (see reparam_theta); out,
-    alpha: CPU float32 contiguous. False (nothing done) if the kernel is not available."""
-    lib = _usable(out, alpha)
-    if lib is None or not out.is_contiguous():
+    alpha: CPU float32. False (nothing done) if the kernel is not available."""
+    backend = _usable(out, alpha)
+    if backend is None or not out.is_contiguous():
         return False
-    keys, alpha = keys.contiguous(), alpha.contiguous()
-    _keep, dist = _dist(factor, table, scale)
-    lib.reparam_theta(out.data_ptr(), keys.data_ptr(), alpha.data_ptr(), len(keys), out.numel(), q0, lo, *dist)
+    factor, scale = _prep(factor, scale)
+    backend.theta(out, keys.contiguous(), alpha.contiguous(), q0, lo, factor, table, scale)
     return True
 
 
 def grad(out: torch.Tensor, keys: torch.Tensor, g: torch.Tensor, q0: int, lo: int,
          factor: torch.Tensor | float | None, table: torch.Tensor | None, scale: torch.Tensor | None) -> bool:
     """out [rows] = sum_c entry(r, c) * g[c] (see reparam_grad); out, g: CPU float32. False if unavailable."""
-    lib = _usable(out, g)
-    if lib is None or not out.is_contiguous():
+    backend = _usable(out, g)
+    if backend is None or not out.is_contiguous():
         return False
-    keys, g = keys.contiguous(), g.contiguous()
-    _keep, dist = _dist(factor, table, scale)
-    lib.reparam_grad(out.data_ptr(), keys.data_ptr(), g.data_ptr(), len(keys), g.numel(), q0, lo, *dist)
+    factor, scale = _prep(factor, scale)
+    backend.grad(out, keys.contiguous(), g.contiguous(), q0, lo, factor, table, scale)
     return True
