@@ -20,6 +20,11 @@ rebuild: `fold` of a model from alpha (what decoding a .prnc does), each in its 
          `file:fastfood:K` a .prnc is written first and the timed part is `decode_prnc(path)` (read the file,
          build the architecture from its header, apply, fold) in a fresh process.
 apply:   `pranc.apply(model, Config(k, basis="fastfood"))` wall time and the first forward pass.
+profile: where a streamed i.i.d. step goes (--model, --k): CPU seconds (median over --rounds, alternating) of
+         a dense, a materialized and a streamed step, the streamed forward product (alpha @ B) and backward
+         product (B @ g) alone, generating every tile of the block into a buffer with nothing else
+         (tile path), and the materialized forward gemv. Uses only APIs that predate the fused kernel, so
+         it also runs against older code (PYTHONPATH pointing at its src).
 Every JSON line printed is also written to --out.
 """
 
@@ -265,9 +270,47 @@ def cmd_apply(args) -> list[dict]:
              "first_forward_s": time.perf_counter() - t, "d": handle.extra["core"].d}]
 
 
+def cmd_profile(args) -> list[dict]:
+    from reparam.pranc.core import pranc_core
+
+    x, y = _data(args.batch)
+    k = args.k
+    steps = {kind: _variant(args.model, kind) for kind in ("dense", f"iid-materialized:{k}", f"iid-streamed:{k}")}
+    core_s = pranc_core(steps[f"iid-streamed:{k}"][0])
+    core_m = pranc_core(steps[f"iid-materialized:{k}"][0])
+    basis = core_s.basis
+    alpha = core_s.alpha.detach()
+    g = torch.randn(core_s.d, generator=torch.Generator().manual_seed(0))
+
+    def gen_only():
+        for r0, r1, c0, c1 in basis.tiles(0):
+            basis.rows(0, r0, r1, c0, c1)
+
+    parts = {"dense step": lambda: steps["dense"][1](x, y),
+             "materialized step": lambda: steps[f"iid-materialized:{k}"][1](x, y),
+             "streamed step": lambda: steps[f"iid-streamed:{k}"][1](x, y),
+             "streamed forward product": lambda: basis.streamed_theta(alpha, 0),
+             "streamed backward product": lambda: basis.streamed_grad(0, g),
+             "generate all tiles only": gen_only,
+             "materialized forward gemv": lambda: alpha @ core_m.basis.materialized[0]}
+    for f in parts.values():
+        f()
+    cpu: dict[str, list[float]] = {n: [] for n in parts}
+    names = list(parts)
+    for r in range(args.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            c = time.process_time()
+            parts[n]()
+            cpu[n].append(time.process_time() - c)
+    base = statistics.median(cpu["materialized step"])
+    return [{"bench": "profile", "model": args.model, "k": k, "part": n, "cpu_s": statistics.median(v),
+             "vs_materialized_step": statistics.median(v) / base, "tiles": len(list(basis.tiles(0))), "d": core_s.d}
+            for n, v in cpu.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["rate", "step", "rss", "rebuild", "apply", "_one"])
+    ap.add_argument("what", choices=["rate", "step", "rss", "rebuild", "apply", "profile", "_one"])
     ap.add_argument("cfg", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--batch", type=int, default=128)
@@ -282,7 +325,8 @@ def main() -> None:
     if args.what == "_one":
         print(json.dumps(_one(json.loads(args.cfg))))
         return
-    cmds = {"rate": cmd_rate, "step": cmd_step, "rss": cmd_rss, "rebuild": cmd_rebuild, "apply": cmd_apply}
+    cmds = {"rate": cmd_rate, "step": cmd_step, "rss": cmd_rss, "rebuild": cmd_rebuild, "apply": cmd_apply,
+            "profile": cmd_profile}
     rows = cmds[args.what](args)
     for r in rows:
         print(json.dumps(r), flush=True)
