@@ -44,18 +44,24 @@ if numba is not None:
                 z ^= z >> _S27
                 z *= _C2
                 h[i] = z ^ (z >> _S31)
+            # slices, so that every index below is a range() variable: numba then needs no negative-index
+            # handling inside the loops and LLVM vectorizes them (about 4x faster when it could not)
+            s = s16[off:off + m]
+            oc = o[c:c + m]
             if not gaussian and factor.size:
+                f = factor[c:c + m]
                 for i in range(m):
-                    o[c + i] = (np.float32(s16[off + i]) + np.float32(0.5)) * factor[c + i]
+                    oc[i] = (np.float32(s[i]) + np.float32(0.5)) * f[i]
             elif not gaussian:
                 for i in range(m):
-                    o[c + i] = (np.float32(s16[off + i]) + np.float32(0.5)) * fscalar
+                    oc[i] = (np.float32(s[i]) + np.float32(0.5)) * fscalar
             elif scale.size:
+                sc = scale[c:c + m]
                 for i in range(m):
-                    o[c + i] = table[np.int32(s16[off + i]) + 32768] * scale[c + i]
+                    oc[i] = table[np.int32(s[i]) + 32768] * sc[i]
             else:
                 for i in range(m):
-                    o[c + i] = table[np.int32(s16[off + i]) + 32768]
+                    oc[i] = table[np.int32(s[i]) + 32768]
             c += m
 
     @numba.njit(cache=True, nogil=True)
@@ -76,8 +82,9 @@ if numba is not None:
             for r in range(keys.shape[0]):
                 _gen(buf, np.uint64(keys[r]), q0, lo + t, m, f, fscalar, table, sc, gaussian, h)
                 a = alpha[r]
+                y = theta[t:t + m]
                 for i in range(m):
-                    theta[t + i] += a * buf[i]
+                    y[i] += a * buf[i]
 
     @numba.njit(cache=True, nogil=True)
     def _grad(ga, keys, g, q0, lo, factor, fscalar, table, scale, gaussian):
@@ -92,8 +99,13 @@ if numba is not None:
                 f = factor[t:t + m] if factor.size else factor
                 sc = scale[t:t + m] if scale.size else scale
                 _gen(buf, np.uint64(keys[r]), q0, lo + t, m, f, fscalar, table, sc, gaussian, h)
-                for i in range(m):
-                    acc[i % 8] += buf[i] * g[t + i]
+                gt = g[t:t + m]
+                m8 = m - m % 8      # column t + i goes to sum i % 8 (W is a multiple of 8), in column order
+                for i in range(0, m8, 8):
+                    for j in range(8):
+                        acc[j] += buf[i + j] * gt[i + j]
+                for i in range(m8, m):
+                    acc[i - m8] += buf[i] * gt[i]
             ga[r] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
