@@ -8,8 +8,11 @@
     ... apply --model resnet20 --k 100000
 
 rate:    basis entries per second of the i.i.d. generator (scaled entries into a reused buffer, the way
-         training and decoding use it) against torch.rand into a reused buffer of the same shape, alternating.
-step:    training steps (forward, backward, Adam) of several variants of one model built in ONE process,
+         training and decoding use it) against torch.rand into a reused buffer of the same shape, alternating;
+         --backends: the generator's backends to time in the same rounds (c = compiled kernel, numba, torch =
+         its torch code; REPARAM_KERNEL is switched per call).
+step:    training steps (forward, backward, Adam) of several variants of one model built in ONE process
+         (a kind may end with @c, @numba or @torch: the generator backend its steps run with),
          their steps alternating (A B C, then C B A, ...) so the machine's load hits all alike; reports
          the median s/step and the median of the per-round ratios to the first kind, with its IQR.
 rss:     peak RSS of a few steps of each kind, each in its own process (peak RSS is per process).
@@ -17,6 +20,11 @@ rebuild: `fold` of a model from alpha (what decoding a .prnc does), each in its 
          `file:fastfood:K` a .prnc is written first and the timed part is `decode_prnc(path)` (read the file,
          build the architecture from its header, apply, fold) in a fresh process.
 apply:   `pranc.apply(model, Config(k, basis="fastfood"))` wall time and the first forward pass.
+profile: where a streamed i.i.d. step goes (--model, --k): CPU seconds (median over --rounds, alternating) of
+         a dense, a materialized and a streamed step, the streamed forward product (alpha @ B) and backward
+         product (B @ g) alone, generating every tile of the block into a buffer with nothing else
+         (tile path), and the materialized forward gemv. Uses only APIs that predate the fused kernel, so
+         it also runs against older code (PYTHONPATH pointing at its src).
 Every JSON line printed is also written to --out.
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,12 +50,35 @@ def _model(name: str):
     return build_model(name, num_classes=10, in_channels=1, image_size=(28, 28))
 
 
+_ENV = {"c": "c", "numba": "numba", "torch": "0"}
+
+
+def _with_backend(backend: str | None, fn):
+    """fn run with REPARAM_KERNEL set for `backend` (None: as the environment has it)."""
+    if backend is None:
+        return fn
+
+    def run(*a):
+        old = os.environ.get("REPARAM_KERNEL")
+        os.environ["REPARAM_KERNEL"] = _ENV[backend]
+        try:
+            return fn(*a)
+        finally:
+            if old is None:
+                os.environ.pop("REPARAM_KERNEL")
+            else:
+                os.environ["REPARAM_KERNEL"] = old
+    return run
+
+
 def _variant(name: str, kind: str):
-    """(model, step) for 'dense', 'fastfood:K', 'iid-materialized:K', 'iid-streamed:K[:chunk]'."""
+    """(model, step) for 'dense', 'fastfood:K', 'iid-materialized:K', 'iid-streamed:K[:chunk]', each optionally
+    with '@c', '@numba' or '@torch' (the generator backend)."""
     import warnings
 
     from reparam.pranc import PrancConfig, apply_pranc
 
+    kind, _, backend = kind.partition("@")
     model = _model(name)
     if kind != "dense":
         basis, k, *rest = kind.split(":")
@@ -63,7 +95,7 @@ def _variant(name: str, kind: str):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model, step
+    return model, _with_backend(backend or None, step)
 
 
 def _data(batch: int):
@@ -74,33 +106,40 @@ def _data(batch: int):
 def cmd_rate(args) -> list[dict]:
     from reparam.core import generator
 
+    backends = args.backends.split(",") if args.backends else [None]
     out = []
     for rows, cols in [(64, 268058), (256, 4096)]:
         buf = torch.empty(rows, cols)
         scale = torch.full((cols,), 0.05)
         factor = generator.uniform_factor(scale)
-        times = {"generator": [], "torch.rand": []}
-        cpu = {"generator": [], "torch.rand": []}
-        for r in range(args.rounds + 1):
-            order = ("generator", "torch.rand") if r % 2 else ("torch.rand", "generator")
-            for name in order:
+        names = [f"generator@{b}" if b else "generator" for b in backends] + ["torch.rand"]
+        def gen(buf=buf, rows=rows, cols=cols, scale=scale, factor=factor):
+            generator.fill_block(buf, 0, 0, 0, rows, 0, cols, "uniform", scale, factor=factor)
+
+        fns = {name: _with_backend(b, gen) for name, b in zip(names, backends)}
+        fns["torch.rand"] = lambda buf=buf: torch.rand(buf.shape, out=buf)
+        used = {name: _with_backend(b, lambda: getattr(generator.genkernel.kernel(), "name", "torch"))()
+                for name, b in zip(names, backends)}
+        times: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds + 1):      # round 0: warm-up (JIT compile, first-use setup)
+            for name in (names if r % 2 else names[::-1]):
                 t, c = time.perf_counter(), time.process_time()
-                if name == "generator":
-                    generator.fill_block(buf, 0, 0, 0, rows, 0, cols, "uniform", scale, factor=factor)
-                else:
-                    torch.rand(rows, cols, out=buf)
+                fns[name]()
                 if r:
                     times[name].append(time.perf_counter() - t)
                     cpu[name].append(time.process_time() - c)
-        ratios = [a / b for a, b in zip(times["torch.rand"], times["generator"])]
         n = rows * cols
-        out.append({"bench": "rate", "shape": [rows, cols],
-                    "generator_M_per_s": n / statistics.median(times["generator"]) / 1e6,
-                    "rand_M_per_s": n / statistics.median(times["torch.rand"]) / 1e6,
-                    "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
-                    "cpu_generator_M_per_s": n / statistics.median(cpu["generator"]) / 1e6,
-                    "cpu_rand_M_per_s": n / statistics.median(cpu["torch.rand"]) / 1e6,
-                    "kernel": generator.genkernel.kernel() is not None})
+        for name in names[:-1]:
+            ratios = [a / b for a, b in zip(times["torch.rand"], times[name])]
+            cratios = [a / b for a, b in zip(cpu["torch.rand"], cpu[name])]
+            out.append({"bench": "rate", "shape": [rows, cols], "backend": used[name],
+                        "generator_M_per_s": n / statistics.median(times[name]) / 1e6,
+                        "rand_M_per_s": n / statistics.median(times["torch.rand"]) / 1e6,
+                        "ratio_median": statistics.median(ratios), "ratio_iqr": _iqr(ratios),
+                        "cpu_ratio_median": statistics.median(cratios),
+                        "cpu_generator_M_per_s": n / statistics.median(cpu[name]) / 1e6,
+                        "cpu_rand_M_per_s": n / statistics.median(cpu["torch.rand"]) / 1e6})
     return out
 
 
@@ -231,9 +270,47 @@ def cmd_apply(args) -> list[dict]:
              "first_forward_s": time.perf_counter() - t, "d": handle.extra["core"].d}]
 
 
+def cmd_profile(args) -> list[dict]:
+    from reparam.pranc.core import pranc_core
+
+    x, y = _data(args.batch)
+    k = args.k
+    steps = {kind: _variant(args.model, kind) for kind in ("dense", f"iid-materialized:{k}", f"iid-streamed:{k}")}
+    core_s = pranc_core(steps[f"iid-streamed:{k}"][0])
+    core_m = pranc_core(steps[f"iid-materialized:{k}"][0])
+    basis = core_s.basis
+    alpha = core_s.alpha.detach()
+    g = torch.randn(core_s.d, generator=torch.Generator().manual_seed(0))
+
+    def gen_only():
+        for r0, r1, c0, c1 in basis.tiles(0):
+            basis.rows(0, r0, r1, c0, c1)
+
+    parts = {"dense step": lambda: steps["dense"][1](x, y),
+             "materialized step": lambda: steps[f"iid-materialized:{k}"][1](x, y),
+             "streamed step": lambda: steps[f"iid-streamed:{k}"][1](x, y),
+             "streamed forward product": lambda: basis.streamed_theta(alpha, 0),
+             "streamed backward product": lambda: basis.streamed_grad(0, g),
+             "generate all tiles only": gen_only,
+             "materialized forward gemv": lambda: alpha @ core_m.basis.materialized[0]}
+    for f in parts.values():
+        f()
+    cpu: dict[str, list[float]] = {n: [] for n in parts}
+    names = list(parts)
+    for r in range(args.rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            c = time.process_time()
+            parts[n]()
+            cpu[n].append(time.process_time() - c)
+    base = statistics.median(cpu["materialized step"])
+    return [{"bench": "profile", "model": args.model, "k": k, "part": n, "cpu_s": statistics.median(v),
+             "vs_materialized_step": statistics.median(v) / base, "tiles": len(list(basis.tiles(0))), "d": core_s.d}
+            for n, v in cpu.items()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["rate", "step", "rss", "rebuild", "apply", "_one"])
+    ap.add_argument("what", choices=["rate", "step", "rss", "rebuild", "apply", "profile", "_one"])
     ap.add_argument("cfg", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--batch", type=int, default=128)
@@ -242,12 +319,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--k", type=int, default=100_000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--backends", default="", help="rate: comma-separated c, numba, torch (default: as configured)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.what == "_one":
         print(json.dumps(_one(json.loads(args.cfg))))
         return
-    cmds = {"rate": cmd_rate, "step": cmd_step, "rss": cmd_rss, "rebuild": cmd_rebuild, "apply": cmd_apply}
+    cmds = {"rate": cmd_rate, "step": cmd_step, "rss": cmd_rss, "rebuild": cmd_rebuild, "apply": cmd_apply,
+            "profile": cmd_profile}
     rows = cmds[args.what](args)
     for r in rows:
         print(json.dumps(r), flush=True)

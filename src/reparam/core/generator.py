@@ -244,6 +244,27 @@ def fill_block(out: torch.Tensor, seed: int, block: int, row_start: int, row_end
     return out
 
 
+def fused_product(kind: str, out: torch.Tensor, keys: torch.Tensor, vec: torch.Tensor, col_start: int,
+                  col_end: int, distribution: str = "uniform", scale: torch.Tensor | None = None,
+                  factor: torch.Tensor | float | None = None) -> bool:
+    """With the compiled kernel, the basis products with the entries generated on the fly and used while in
+    cache, never written out: kind "theta": out [cols] += sum_r vec[r] * entry(r, c) (vec: one coefficient
+    per row key); kind "grad": out [rows] = sum_c entry(r, c) * vec[c] (vec: one value per column). The
+    entries are those of fill_block (same bits); the sums' order is fixed by the kernel (see genkernel).
+    Returns False, doing nothing, where the kernel is not available (no compiler, not CPU float32): the caller
+    then generates tiles with fill_block."""
+    _check_byteorder()
+    q0 = col_start // 4
+    lo = col_start - 4 * q0
+    if distribution == "uniform":
+        factor = uniform_factor(scale, out.device) if factor is None else factor
+        table, scale = None, None
+    else:
+        factor, table = None, gaussian_table_tensor(out.device)
+    fn = genkernel.theta if kind == "theta" else genkernel.grad
+    return fn(out, keys, vec, q0, lo, factor, table, scale)
+
+
 def uniform_factor(scale: torch.Tensor | None, device: torch.device | str | None = None) -> torch.Tensor | float:
     """scale * 2**-15 (exact: only the exponent moves, for any scale above 2**-100), or 2**-15."""
     if scale is None:

@@ -96,24 +96,37 @@ class IIDBasis(Basis):
         return {"generator": {"name": generator.GENERATOR_NAME, "version": generator.GENERATOR_VERSION}}
 
     # -- entries ---------------------------------------------------------------------------------------
+    def _entry_args(self, block: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(the block's k row keys, its scales and uniform factors for columns [c0, c1)), cached per device."""
+        core = self.core
+        key = (block, str(core.alpha.device))
+        if key not in self._keys:     # the k row keys of the block, hashed once
+            self._keys[key] = generator.row_keys(core.seed, block, 0, core.blocks[block].k, core.alpha.device)
+        factor = None
+        if self.unit_distribution == "uniform":
+            if key not in self._factor:
+                self._factor[key] = generator.uniform_factor(core.scale(block), core.alpha.device)
+            factor = self._factor[key][c0:c1]
+        return self._keys[key], core.scale(block)[c0:c1], factor
+
     def explicit(self, block: int, r0: int, r1: int, c0: int, c1: int,
                  out: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled entries [r1-r0, c1-c0] (float32, on alpha's device), into `out` if given."""
         core = self.core
-        dev = core.alpha.device
         if out is None:
-            out = torch.empty(max(r1 - r0, 0), max(c1 - c0, 0), device=dev)
-        factor = None
-        if self.unit_distribution == "uniform":
-            key = (block, str(dev))
-            if key not in self._factor:
-                self._factor[key] = generator.uniform_factor(core.scale(block), dev)
-            factor = self._factor[key][c0:c1]
-        key = (block, str(dev))
-        if key not in self._keys:     # the k row keys of the block, hashed once
-            self._keys[key] = generator.row_keys(core.seed, block, 0, core.blocks[block].k, dev)
-        return generator.fill_block(out, core.seed, block, r0, r1, c0, c1, self.unit_distribution,
-                                    core.scale(block)[c0:c1], factor=factor, keys=self._keys[key][r0:r1])
+            out = torch.empty(max(r1 - r0, 0), max(c1 - c0, 0), device=core.alpha.device)
+        keys, scale, factor = self._entry_args(block, c0, c1)
+        return generator.fill_block(out, core.seed, block, r0, r1, c0, c1, self.unit_distribution, scale,
+                                    factor=factor, keys=keys[r0:r1])
+
+    def fused(self, kind: str, out: torch.Tensor, vec: torch.Tensor, block: int, c0: int, c1: int) -> bool:
+        """Streamed products in one compiled call over all k rows (generator.fused_product): theta = alpha @
+        B[:, c0:c1] or grad = B[:, c0:c1] @ g. False where the kernel is not there (the tiles do it)."""
+        if block in self.materialized:
+            return False
+        keys, scale, factor = self._entry_args(block, c0, c1)
+        return generator.fused_product(kind, out, keys, vec.contiguous(), c0, c1, self.unit_distribution, scale,
+                                       factor)
 
     def rows(self, block: int, r0: int, r1: int, c0: int, c1: int, name: str = "rows") -> torch.Tensor:
         """Entries from the materialized basis, or generated into a reused buffer (valid until the next
@@ -147,12 +160,16 @@ class IIDBasis(Basis):
 
     def streamed_theta(self, alpha_b: torch.Tensor, block: int) -> torch.Tensor:
         out = torch.zeros(self.core.blocks[block].d, dtype=alpha_b.dtype, device=alpha_b.device)
+        if self.fused("theta", out, alpha_b, block, 0, out.numel()):
+            return out
         for r0, r1, c0, c1 in self.tiles(block):
             out[c0:c1].addmv_(self.rows(block, r0, r1, c0, c1).to(alpha_b.dtype).T, alpha_b[r0:r1])
         return out
 
     def streamed_grad(self, block: int, g: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.core.blocks[block].k, dtype=g.dtype, device=g.device)
+        if self.fused("grad", out, g, block, 0, g.numel()):
+            return out
         for r0, r1, c0, c1 in self.tiles(block):
             out[r0:r1].addmv_(self.rows(block, r0, r1, c0, c1).to(g.dtype), g[c0:c1])
         return out
@@ -164,6 +181,8 @@ class IIDBasis(Basis):
         if block in self.materialized:
             return alpha_b @ self.materialized[block][:, c0:c1].to(alpha_b.dtype)
         out = torch.zeros(c1 - c0, dtype=alpha_b.dtype, device=alpha_b.device)
+        if self.fused("theta", out, alpha_b, block, c0, c1):
+            return out
         k, step = alpha_b.shape[0], self.core.config.chunk
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
@@ -176,6 +195,8 @@ class IIDBasis(Basis):
             return self.materialized[block][:, c0:c1].to(g.dtype) @ g
         k, step = self.core.blocks[block].k, self.core.config.chunk
         out = torch.empty(k, dtype=g.dtype, device=g.device)
+        if self.fused("grad", out, g, block, c0, c1):
+            return out
         for r0 in range(0, k, step):
             r1 = min(k, r0 + step)
             torch.mv(self.rows(block, r0, r1, c0, c1).to(g.dtype), g, out=out[r0:r1])
