@@ -170,8 +170,8 @@ def pranc_inr(spec: InrSpec, channels: int, height: int, width: int, budgets: li
     """The codec's network: a fresh INR with PRANC applied (one block per Linear layer, LayerNorm frozen).
 
     mode "auto": materialized basis when `materialize_fits` (at most MATERIALIZE_LIMIT entries and half the
-    available memory), else streamed (chunks
-    regenerated in forward and backward; same math, less memory, slower)."""
+    available memory), else streamed (chunks regenerated in forward and backward; same math, less memory,
+    slower)."""
     model = build_inr(spec, channels, height, width)
     sizes = layer_sizes(model)
     if len(budgets) != len(sizes):
