@@ -516,3 +516,21 @@ def test_quantization_aware_steps_use_the_fits_pixel_cap(monkeypatch):
     cfg = codec.CodecConfig(inr=SPEC, fit=FitConfig(steps=3, lr=1e-2, eval_every=3, max_pixels=50), qat_steps=2)
     codec.encode(image(), BPP, cfg, progress=False)
     assert seen == [50, 50]
+
+
+def test_sweep_summary_groups_by_whole_config_and_names_what_differs():
+    from reparam.experiments.image.sweep import summarize
+
+    def row(setting, config, psnr, vs):
+        return {"setting": setting, "config": config, "size": [16, 16], "image": "x", "target_bpp": 1.0,
+                "psnr": psnr, "vs_jpeg": vs, "encode_cpu_s": 1.0}
+
+    a = {"fit": {"steps": 5}, "bits_per_coef": 6.0}
+    b = {"fit": {"steps": 9}, "bits_per_coef": 6.0}
+    rows = [row({"bits_per_coef": 6.0}, a, 20.0, -1.0), row({"bits_per_coef": 6.0}, b, 22.0, 1.0),
+            row({"bits_per_coef": 6.0}, a, 21.0, 0.0)]
+    s = summarize(rows)
+    assert [(t["setting"], t["points"], t["mean_vs_jpeg"]) for t in s] == [
+        ({"fit.steps": 9}, 1, 1.0), ({"fit.steps": 5}, 2, -0.5)]
+    legacy = summarize([{**r, "config": None} for r in rows])   # rows from before the config was stored
+    assert len(legacy) == 1 and legacy[0]["points"] == 3
