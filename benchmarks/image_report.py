@@ -31,18 +31,32 @@ def at(points, bpp, key="psnr", nd=2):
     return f"> top: {f(pts[-1][key], nd)} at {f(pts[-1]['bpp'])} bpp"
 
 
-def rd_tables(runs: Path, docs: Path, pattern: str = "rd*-*") -> list[str]:
+def classic_from(r: dict, runs: Path, prefix: str | None) -> dict:
+    """rd.json `r` with the classic codecs' sweeps of the run PREFIX{size}-{image} added where `r` has none
+    (a codec-only run at another rate of the same image: the quality sweeps do not depend on the codec's rate)."""
+    if prefix is None or any(r["points"].get(n) for n in ("jpeg", "webp", "avif")):
+        return r
+    other = runs / f"{prefix}{r['image'][1]}-{r['source']}" / "rd.json"
+    if other.exists():
+        o = json.loads(other.read_text())
+        r = {**r, "points": {**o["points"], "prnc": r["points"]["prnc"]}}
+        r["classic_from"] = str(other)
+    return r
+
+
+def rd_tables(runs: Path, docs: Path, pattern: str = "rd*-*", classic: str | None = None) -> list[str]:
     """One table per rd.json: every codec point against JPEG/WebP/AVIF at the same true bpp, BD-PSNR."""
     out = []
     for d in sorted(runs.glob(pattern)):
         if d.name.endswith(".partial") or not (d / "rd.json").exists():
             continue
-        r = json.loads((d / "rd.json").read_text())
+        r = classic_from(json.loads((d / "rd.json").read_text()), runs, classic)
         c, h, w = r["image"]
         kind = next((p["msssim_kind"] for v in r["points"].values() for p in v), "ssim")
         pts = r["points"]
         out.append(f"#### {r['source']} ({w}x{h}, {c} channel{'s' if c > 1 else ''})\n")
-        out.append(f"Command: `{r.get('command')}`. Quality: PSNR dB / {kind.upper()}.\n")
+        out.append(f"Command: `{r.get('command')}`. Quality: PSNR dB / {kind.upper()}."
+                   + (f" JPEG/WebP/AVIF sweeps from {r['classic_from']}." if r.get("classic_from") else "") + "\n")
         classic = [n for n in ("jpeg", "webp", "avif", "jp2") if pts.get(n)]
         head = ["target bpp", "k (width)", "file bytes", "**true bpp**", "bits/coef", "codec", "float fit"]
         head += ["trained fp16 INR"] if "inr" in pts else []
@@ -72,13 +86,13 @@ def rd_tables(runs: Path, docs: Path, pattern: str = "rd*-*") -> list[str]:
     return out
 
 
-def target_summary(runs: Path, pattern: str, rates=(0.5, 1.0)) -> list[str]:
+def target_summary(runs: Path, pattern: str, rates=(0.5, 1.0), classic: str | None = None) -> list[str]:
     """The issue's targets: codec minus JPEG at equal true bpp, per image and rate, mean and wins."""
     rows, diffs = [], []
     for d in sorted(runs.glob(pattern)):
         if not (d / "rd.json").exists():
             continue
-        r = json.loads((d / "rd.json").read_text())
+        r = classic_from(json.loads((d / "rd.json").read_text()), runs, classic)
         from reparam.experiments.image.classic import value_at_bpp
 
         for p in r["points"]["prnc"]:
@@ -94,6 +108,74 @@ def target_summary(runs: Path, pattern: str, rates=(0.5, 1.0)) -> list[str]:
     ok = [x for x in diffs if x is not None]
     out = ["| image | target bpp | true bpp | codec PSNR | JPEG PSNR | codec - JPEG | WebP | AVIF |",
            "|---|---|---|---|---|---|---|---|", *rows]
+    if ok:
+        out.append(f"\nMean codec - JPEG: **{sum(ok) / len(ok):+.2f} dB** over {len(ok)} cases; codec above JPEG "
+                   f"in **{sum(x > 0 for x in ok)} of {len(ok)}**.\n")
+    return out
+
+
+def sweep_tables(runs: Path, pattern: str = "sw-*", reference: str = "sw-default") -> list[str]:
+    """The settings sweep: one row per measured config, the fields where it differs from the reference
+    folder's config (the defaults a sweep started from), the mean PSNR difference to JPEG at the same true
+    bpp, per (image, rate) point the PSNR, and the mean encode CPU time."""
+    from reparam.experiments.image.sweep import _flat, summarize
+
+    ref_path = runs / reference / "sweep.jsonl"
+    ref = _flat(json.loads(ref_path.read_text().splitlines()[0])["config"]) if ref_path.exists() else {}
+    cases: list = []
+    runs_rows = {}
+    for d in sorted(runs.glob(pattern)):
+        if (d / "sweep.jsonl").exists():
+            rs = [json.loads(line) for line in (d / "sweep.jsonl").read_text().splitlines() if line.strip()]
+            runs_rows[d.name] = rs
+            for r in rs:
+                if (r["image"], r["target_bpp"]) not in cases:
+                    cases.append((r["image"], r["target_bpp"]))
+    cases.sort(key=lambda c: (c[1], c[0]))
+    head = ["folder", f"differs from {reference}", "points", "mean vs JPEG", "wins"]
+    head += [f"{i} {b:g}" for i, b in cases] + ["CPU s"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rs in runs_rows.items():
+        for t in summarize(rs):
+            by = {(r["image"], r["target_bpp"]): r for r in rs if r["setting"] == t["set"]
+                  and (t["config"] is None or r.get("config") == t["config"])}
+            flat = _flat(t["config"]) if t["config"] else {}
+            diff = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in flat.items()
+                             if k in ref and ref[k] != v and k not in ("fit.eval_every",))
+            row = [name, diff or "(reference)", str(t["points"]),
+                   "n/a" if t["mean_vs_jpeg"] is None else f"{t['mean_vs_jpeg']:+.2f}", str(t["wins"])]
+            row += [f(by[c]["psnr"]) if c in by else "" for c in cases] + [f"{t['mean_cpu_s']:.0f}"]
+            out.append("| " + " | ".join(row) + " |")
+    return out
+
+
+def sweep_targets(folder: Path, size: int = 128) -> list[str]:
+    """The issue's target table from one sweep folder's points (the codec at the defaults these points were
+    run with), with JPEG, WebP and AVIF at the same true bpp from the same quality sweeps as `image rd`
+    (rd.sweep's codec lists; the sweep's own JPEG column uses qualities 1..95)."""
+    import torch
+
+    from reparam.data import load_image
+    from reparam.experiments.image import classic
+    from reparam.experiments.image.rd import dedupe
+    from reparam.image.metrics import from_uint8
+
+    rs = [json.loads(line) for line in (folder / "sweep.jsonl").read_text().splitlines() if line.strip()]
+    out = ["| image | target bpp | true bpp | k | codec PSNR | float fit | JPEG PSNR | codec - JPEG | WebP | AVIF | "
+           "encode CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    diffs, cache = [], {}
+    for r in sorted(rs, key=lambda r: (r["image"], r["target_bpp"])):
+        if r["image"] not in cache:
+            x = load_image(r["image"], size=(size, size), mode=None)
+            x = from_uint8((x * 255).round().to(torch.uint8))
+            cache[r["image"]] = {n: dedupe(classic.sweep(x, n)) for n in ("jpeg", "webp", "avif")}
+        pts = cache[r["image"]]
+        j = classic.value_at_bpp(pts["jpeg"], r["bpp"])
+        diffs.append(None if j is None else r["psnr"] - j)
+        out.append(f"| {r['image']} | {r['target_bpp']:g} | {f(r['bpp'], 3)} | {r['k']} | {f(r['psnr'])} | "
+                   f"{f(r['float_psnr'])} | {f(j)} | {'n/a' if j is None else format(r['psnr'] - j, '+.2f')} | "
+                   f"{at(pts['webp'], r['bpp'])} | {at(pts['avif'], r['bpp'])} | {r['encode_cpu_s']:.0f} |")
+    ok = [x for x in diffs if x is not None]
     if ok:
         out.append(f"\nMean codec - JPEG: **{sum(ok) / len(ok):+.2f} dB** over {len(ok)} cases; codec above JPEG "
                    f"in **{sum(x > 0 for x in ok)} of {len(ok)}**.\n")
@@ -145,14 +227,24 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/image")
     ap.add_argument("--docs", default="docs/results/image_codec")
     ap.add_argument("--prefix", default="rd", help="run folders are PREFIX128-IMAGE and PREFIX256-IMAGE")
+    ap.add_argument("--classic-from", default=None,
+                    help="runs without JPEG/WebP/AVIF points take them from the run PREFIX{size}-{image}")
+    ap.add_argument("--sweeps", default=None, help="also a table of the sweep folders matching this glob (sw-*)")
+    ap.add_argument("--targets", default=None, help="also the target table of this sweep folder (128x128)")
     ap.add_argument("--tables", action="store_true", help="also the Table 8/9 run (benchmarks/image_tables.py)")
     args = ap.parse_args()
     runs, docs = Path(args.runs), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     for size in ("128", "256"):
         print(f"\n## {size}x{size}\n")
-        print("\n".join(target_summary(runs, f"{args.prefix}{size}-*")))
-        print("\n".join(rd_tables(runs, docs, f"{args.prefix}{size}-*")))
+        print("\n".join(target_summary(runs, f"{args.prefix}{size}-*", classic=args.classic_from)))
+        print("\n".join(rd_tables(runs, docs, f"{args.prefix}{size}-*", classic=args.classic_from)))
+    if args.sweeps:
+        print("\n## Settings sweep\n")
+        print("\n".join(sweep_tables(runs, args.sweeps)))
+    if args.targets:
+        print(f"\n## Targets from {args.targets}\n")
+        print("\n".join(sweep_targets(runs / args.targets)))
     if args.tables:
         print("\n".join(tables_8_9(runs, docs)))
     sp = runs / "speed.json"

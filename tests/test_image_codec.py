@@ -15,7 +15,7 @@ from reparam.core.errors import ReparamError
 from reparam.experiments.image import baseline, rd
 from reparam.image import codec, container
 from reparam.image.fit import FitConfig, fit_inr
-from reparam.image.inr import InrSpec, build_inr, dense_params
+from reparam.image.inr import InrSpec, build_inr, dense_params, layer_sizes
 from reparam.image.metrics import from_uint8, psnr
 from reparam.pranc import pranc_core
 
@@ -471,7 +471,66 @@ def test_sweep_command_ranks_settings_and_resumes(tmp_path, capsys):
     other = [a if a != "5" else "6" for a in argv]   # another base option (--steps 6): measured again
     assert main(other) == 0
     assert len((out / "sweep.jsonl").read_text().splitlines()) == 4
+    # the summary groups by the whole config: equal --set values with other base options stay apart, and
+    # each group names the fields that differ between groups
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary) == 4 and all(t["points"] == 1 for t in summary)
+    assert sorted((t["setting"]["qat_steps"], t["setting"]["fit.steps"]) for t in summary) == [
+        (0, 5), (0, 6), (3, 5), (3, 6)]
     (tmp_path / "afile").write_text("x")
     capsys.readouterr()
     assert main([*argv[:-3], "--out", str(tmp_path / "afile"), "--no-progress"]) == 2
     assert "is an existing file" in capsys.readouterr().err
+
+
+def test_materialize_only_within_limit_and_available_memory(monkeypatch):
+    monkeypatch.setattr(codec, "available_memory", lambda: 8 * 1000)
+    assert codec.materialize_fits(1000)                 # 4,000 bytes <= half of 8,000
+    assert not codec.materialize_fits(1001)
+    monkeypatch.setattr(codec, "available_memory", lambda: None)   # unknown: the entry limit alone
+    assert codec.materialize_fits(codec.MATERIALIZE_LIMIT)
+    assert not codec.materialize_fits(codec.MATERIALIZE_LIMIT + 1)
+    monkeypatch.setattr(codec, "available_memory", lambda: 0)
+    m = codec.pranc_inr(SPEC, 3, 16, 16, [4] * len(layer_sizes(build_inr(SPEC, 3, 16, 16))), 0)
+    assert pranc_core(m).mode == "streamed"
+
+
+def test_max_k_share_sets_the_width():
+    x = image(h=24, w=24)
+    narrow = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, max_k_share=1.0), *x.shape)
+    wide = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, max_k_share=0.05), *x.shape)
+    assert narrow.width == SPEC.width < wide.width
+    with pytest.raises(ReparamError, match="share"):
+        codec.CodecConfig(max_k_share=0).validate()
+
+
+def test_quantization_aware_steps_use_the_fits_pixel_cap(monkeypatch):
+    seen = []
+    real = codec.fit_inr
+
+    def spy(model, image, config=None, **kw):
+        seen.append(config.max_pixels)
+        return real(model, image, config, **kw)
+
+    monkeypatch.setattr(codec, "fit_inr", spy)
+    cfg = codec.CodecConfig(inr=SPEC, fit=FitConfig(steps=3, lr=1e-2, eval_every=3, max_pixels=50), qat_steps=2)
+    codec.encode(image(), BPP, cfg, progress=False)
+    assert seen == [50, 50]
+
+
+def test_sweep_summary_groups_by_whole_config_and_names_what_differs():
+    from reparam.experiments.image.sweep import summarize
+
+    def row(setting, config, psnr, vs):
+        return {"setting": setting, "config": config, "size": [16, 16], "image": "x", "target_bpp": 1.0,
+                "psnr": psnr, "vs_jpeg": vs, "encode_cpu_s": 1.0}
+
+    a = {"fit": {"steps": 5}, "bits_per_coef": 6.0}
+    b = {"fit": {"steps": 9}, "bits_per_coef": 6.0}
+    rows = [row({"bits_per_coef": 6.0}, a, 20.0, -1.0), row({"bits_per_coef": 6.0}, b, 22.0, 1.0),
+            row({"bits_per_coef": 6.0}, a, 21.0, 0.0)]
+    s = summarize(rows)
+    assert [(t["setting"], t["points"], t["mean_vs_jpeg"]) for t in s] == [
+        ({"fit.steps": 9}, 1, 1.0), ({"fit.steps": 5}, 2, -0.5)]
+    legacy = summarize([{**r, "config": None} for r in rows])   # rows from before the config was stored
+    assert len(legacy) == 1 and legacy[0]["points"] == 3

@@ -49,11 +49,12 @@ from reparam.pranc.core import pranc_core
 
 BUDGET_RULES = ("even", "proportional")
 ENTROPY_MODELS = ("laplace", "gaussian")
-MATERIALIZE_LIMIT = 1 << 26   # basis entries (256 MiB fp32) up to which training keeps the basis in memory
+MATERIALIZE_LIMIT = 1 << 28   # basis entries (1 GiB fp32) up to which training keeps the basis in memory,
+MEMORY_SHARE = 0.5            # ... when that is at most this share of the memory available now
 RATE_SLACK = 0.03             # the fine-tuning aims this far below the budget, the final step closes the gap
 WIDTHS = (32, 48, 64, 96, 128)
 MAX_K_SHARE = 0.5             # widen while k is above this share of the network's weights
-BITS_PER_COEF = 6.0           # k = payload bits / this (docs/results/image_codec.md: 4 bits lost 3.2 dB)
+BITS_PER_COEF = 7.0           # k = payload bits / this (docs/results/image_codec.md: the sweep of 4, 6, 7, 8 bits)
 
 
 def default_inr() -> InrSpec:
@@ -61,7 +62,7 @@ def default_inr() -> InrSpec:
 
 
 def default_fit() -> FitConfig:
-    return FitConfig(steps=2000, lr=1e-2, fraction=0.25, max_pixels=4096)
+    return FitConfig(steps=3000, lr=1e-2, fraction=0.25, max_pixels=2048)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class CodecConfig:
     qat_lr: float = 3e-3
     entropy_model: str = "laplace"
     sensitivity_steps: bool = True     # per-layer step ratios from the gradient statistics (else one step)
-    widen: bool = True                 # widen the network (WIDTHS) until k <= MAX_K_SHARE of its weights
+    widen: bool = True                 # widen the network (WIDTHS) until k <= max_k_share of its weights
+    max_k_share: float = MAX_K_SHARE
 
     def validate(self) -> CodecConfig:
         self.inr.validate()
@@ -96,6 +98,9 @@ class CodecConfig:
             raise ReparamError(f"bits per coefficient must be in [0.5, 16], got {self.bits_per_coef}")
         if not isinstance(self.qat_steps, int) or self.qat_steps < 0:
             raise ReparamError(f"quantization-aware steps must be an integer >= 0, got {self.qat_steps!r}")
+        if not 0 < self.max_k_share <= 1:
+            raise ReparamError(f"largest share of coefficients per network weight must be in (0, 1], "
+                               f"got {self.max_k_share}")
         if not self.qat_lr > 0:
             raise ReparamError(f"quantization-aware learning rate must be > 0, got {self.qat_lr}")
         return self
@@ -137,19 +142,43 @@ def _pranc_config(k: int, budgets: list[int], seed: int, distribution: str, ln: 
                        mode="materialized", other_params="freeze", exclude_state=ln)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def materialize_fits(entries: int) -> bool:
+    """Keep a basis of `entries` fp32 numbers in memory during the fit (one pass over it per forward and
+    one per backward) rather than regenerating it in every pass (many times slower): when it is at most
+    MATERIALIZE_LIMIT entries and at most MEMORY_SHARE of the memory available now. The choice changes
+    the fit's float rounding only; the file a decoder reads is checked against the encoder's CRC either way."""
+    if entries > MATERIALIZE_LIMIT:
+        return False
+    avail = available_memory()
+    return avail is None or 4 * entries <= MEMORY_SHARE * avail
+
+
 def pranc_inr(spec: InrSpec, channels: int, height: int, width: int, budgets: list[int], seed: int,
               distribution: str = "default-init", mode: str = "auto") -> nn.Module:
     """The codec's network: a fresh INR with PRANC applied (one block per Linear layer, LayerNorm frozen).
 
-    mode "auto": materialized basis while it has at most MATERIALIZE_LIMIT entries, else streamed (chunks
-    regenerated in forward and backward; same math, less memory, slower)."""
+    mode "auto": materialized basis when `materialize_fits` (at most MATERIALIZE_LIMIT entries and half the
+    available memory), else streamed (chunks regenerated in forward and backward; same math, less memory,
+    slower)."""
     model = build_inr(spec, channels, height, width)
     sizes = layer_sizes(model)
     if len(budgets) != len(sizes):
         raise ReparamError(f"{len(budgets)} per-layer budgets for {len(sizes)} layers")
     if mode == "auto":
         entries = sum(k * d for k, d in zip(budgets, sizes, strict=True))
-        mode = "materialized" if entries <= MATERIALIZE_LIMIT else "streamed"
+        mode = "materialized" if materialize_fits(entries) else "streamed"
     cfg = _pranc_config(sum(budgets), budgets, seed, distribution, layernorm_state(model))
     cfg.mode = mode
     with warnings.catch_warnings():
@@ -233,7 +262,7 @@ def _quantized_file(core, offset, e0, codes, cfg, spec, c, h, w, budgets, target
 
 def network_for(bpp: float, cfg: CodecConfig, c: int, h: int, w: int, k: int | None = None) -> InrSpec:
     """The network the codec fits: cfg.inr, widened along WIDTHS (when cfg.widen) until k is at most
-    MAX_K_SHARE of its weights, so large budgets get a network that can use them."""
+    cfg.max_k_share of its weights, so large budgets get a network that can use them."""
     spec = replace(cfg.inr, sigma=_f32(cfg.inr.sigma))   # the file stores sigma as float32
     payload_bits(bpp, len(layer_sizes(build_inr(spec, c, h, w))), h, w)   # refuses a rate below the header's
     if not cfg.widen:
@@ -241,7 +270,7 @@ def network_for(bpp: float, cfg: CodecConfig, c: int, h: int, w: int, k: int | N
     for width in [spec.width] + [v for v in WIDTHS if v > spec.width]:
         spec = replace(spec, width=width)
         kk = k if k is not None else coefficients_for_bpp(bpp, spec, c, h, w, cfg.bits_per_coef)
-        if kk <= MAX_K_SHARE * sum(layer_sizes(build_inr(spec, c, h, w))):
+        if kk <= cfg.max_k_share * sum(layer_sizes(build_inr(spec, c, h, w))):
             break
     return spec
 
@@ -286,8 +315,10 @@ def encode(image: torch.Tensor, bpp: float, config: CodecConfig | None = None, *
         def after_backward() -> None:
             latent.grad = core.alpha.grad.detach().clone()
 
+        # the same pixels per step as the float fit (without max_pixels a 256x256 image fine-tuned on 16,384
+        # pixels per step, 4x the float fit's cost per step)
         qfit = FitConfig(steps=cfg.qat_steps, lr=cfg.qat_lr, fraction=cfg.fit.fraction, seed=cfg.fit.seed + 1,
-                         eval_every=max(1, min(cfg.fit.eval_every, cfg.qat_steps)))
+                         max_pixels=cfg.fit.max_pixels, eval_every=max(1, min(cfg.fit.eval_every, cfg.qat_steps)))
         qat = fit_inr(model, image, qfit, progress=progress, label="quantization-aware", params=[latent],
                       before_step=before_step, after_backward=after_backward)
         offset = latent.detach().clone()

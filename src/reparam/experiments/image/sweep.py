@@ -30,7 +30,7 @@ SETTINGS: dict[str, tuple[str, type]] = {
     "warmup": ("fit", int),
     "bits_per_coef": ("codec", float), "qat_steps": ("codec", int), "qat_lr": ("codec", float),
     "budget_rule": ("codec", str), "entropy_model": ("codec", str), "sensitivity_steps": ("codec", int),
-    "widen": ("codec", int),
+    "widen": ("codec", int), "max_k_share": ("codec", float),
     "seed": ("codec", int),
 }
 
@@ -109,15 +109,41 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
     return rows
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per setting: mean PSNR, mean difference to JPEG, wins over JPEG, mean encode CPU seconds."""
+    """Per measured configuration (the whole codec config and image size, not only the --set values, so
+    points run with other base options are never averaged together): mean PSNR, mean difference to JPEG,
+    wins over JPEG, mean encode CPU seconds. Each group's "setting" names the config fields (and size)
+    that differ between the groups, so two groups with equal --set values but other base options are told
+    apart; rows written before the config was stored are grouped by their --set values."""
     groups: dict[str, list[dict]] = {}
+    keys: dict[str, dict[str, Any]] = {}
     for r in rows:
-        groups.setdefault(json.dumps(r["setting"], sort_keys=True), []).append(r)
+        if r.get("config") is None:
+            ident = {f"set.{k}": v for k, v in r["setting"].items()}
+        else:
+            ident = {**_flat(r["config"]), "size": r.get("size")}
+        key = json.dumps(ident, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+        keys[key] = ident
+    names = sorted({n for ident in keys.values() for n in ident})
+    varying = [n for n in names if len({json.dumps(i.get(n), default=str) for i in keys.values()}) > 1]
     out = []
     for key, rs in groups.items():
+        ident = keys[key]
+        label = {n: ident.get(n) for n in varying} if varying else dict(rs[0]["setting"])
         diffs = [r["vs_jpeg"] for r in rs if r["vs_jpeg"] is not None]
-        out.append({"setting": json.loads(key), "points": len(rs),
+        out.append({"setting": label, "set": rs[0]["setting"], "config": rs[0].get("config"),
+                    "size": rs[0].get("size"), "points": len(rs),
                     "mean_psnr": sum(r["psnr"] for r in rs) / len(rs),
                     "mean_vs_jpeg": sum(diffs) / len(diffs) if diffs else None,
                     "wins": sum(d > 0 for d in diffs), "mean_cpu_s": sum(r["encode_cpu_s"] for r in rs) / len(rs)})
