@@ -34,7 +34,7 @@ from reparam.core import distributed as rd
 from reparam.core.errors import ReparamError
 from reparam.core.fileformat import save_model
 from reparam.core.outdir import write_json
-from reparam.core.runtime import default_threads, seed_everything, set_threads
+from reparam.core.runtime import default_threads, set_threads
 from reparam.train import Callback, TrainConfig, Trainer
 
 MIN_VAL_FOR_BEST = 100   # fewer validation images make "best epoch" selection mostly noise
@@ -200,11 +200,9 @@ def prepare(args: argparse.Namespace, model_options: dict[str, Any] | None = Non
     """Runtime settings, data and a freshly initialised model (seeded). Validates before anything is written."""
     setup_runtime(args)
     splits = load_splits(args)
-    seed_everything(args.seed)
-    from reparam.models import build_model
+    from reparam.models import build_for
 
-    model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=splits.image_size, mean=splits.mean, std=splits.std, **(model_options or {}))
+    model = build_for(args.model, splits, args.seed, **(model_options or {}))
     args._model_spec = model.build_args
     return splits, model
 

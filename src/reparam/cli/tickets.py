@@ -188,9 +188,8 @@ def register(subparsers) -> None:
 # ------------------------------------------------------------------------------------------------------
 def cmd_pretrain(args) -> int:
     from reparam.cli.common import load_splits, train_and_report
-    from reparam.core.runtime import seed_everything
     from reparam.experiments.tickets.targets import register_targets
-    from reparam.models import build_model
+    from reparam.models import build_for, build_model
     from reparam.tickets.attacks import PGDConfig, robust_accuracy
     from reparam.tickets.hooks import AdversarialTraining, GaussianNoiseTraining
 
@@ -206,9 +205,7 @@ def cmd_pretrain(args) -> int:
     index = []
     with run_folder(args, resume=False) as work:
         for eps in args.eps:
-            seed_everything(args.seed)
-            model = build_model(args.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                                image_size=splits.image_size, mean=splits.mean, std=splits.std)
+            model = build_for(args.model, splits, args.seed)
             cfg = PGDConfig(eps=eps, norm=args.norm, steps=args.steps, alpha=args.alpha).check()
             if eps == 0:
                 cbs = []

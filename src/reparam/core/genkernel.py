@@ -319,24 +319,24 @@ def fill(out: torch.Tensor, keys: torch.Tensor, q0: int, lo: int, factor: torch.
     return True
 
 
+def _fused(name: str, out: torch.Tensor, keys: torch.Tensor, vec: torch.Tensor, q0: int, lo: int, factor, table,
+           scale) -> bool:
+    backend = _usable(out, vec)
+    if backend is None or not out.is_contiguous():
+        return False
+    factor, scale = _prep(factor, scale)
+    getattr(backend, name)(out, keys.contiguous(), vec.contiguous(), q0, lo, factor, table, scale)
+    return True
+
+
 def theta(out: torch.Tensor, keys: torch.Tensor, alpha: torch.Tensor, q0: int, lo: int,
           factor: torch.Tensor | float | None, table: torch.Tensor | None, scale: torch.Tensor | None) -> bool:
     """out [cols] += sum_r alpha[r] * entry(r, c), the entries generated on the fly (see reparam_theta); out,
     alpha: CPU float32. False (nothing done) if the kernel is not available."""
-    backend = _usable(out, alpha)
-    if backend is None or not out.is_contiguous():
-        return False
-    factor, scale = _prep(factor, scale)
-    backend.theta(out, keys.contiguous(), alpha.contiguous(), q0, lo, factor, table, scale)
-    return True
+    return _fused("theta", out, keys, alpha, q0, lo, factor, table, scale)
 
 
 def grad(out: torch.Tensor, keys: torch.Tensor, g: torch.Tensor, q0: int, lo: int,
          factor: torch.Tensor | float | None, table: torch.Tensor | None, scale: torch.Tensor | None) -> bool:
     """out [rows] = sum_c entry(r, c) * g[c] (see reparam_grad); out, g: CPU float32. False if unavailable."""
-    backend = _usable(out, g)
-    if backend is None or not out.is_contiguous():
-        return False
-    factor, scale = _prep(factor, scale)
-    backend.grad(out, keys.contiguous(), g.contiguous(), q0, lo, factor, table, scale)
-    return True
+    return _fused("grad", out, keys, g, q0, lo, factor, table, scale)

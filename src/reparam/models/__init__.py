@@ -16,6 +16,7 @@ from reparam.models.fourier import FourierMLP, coords
 from reparam.models.registry import (
     MODEL_PATTERNS,
     MODELS,
+    build_for,
     build_from_spec,
     build_model,
     model_options,
@@ -29,6 +30,7 @@ __all__ = [
     "Classifier",
     "FourierMLP",
     "Normalize",
+    "build_for",
     "build_from_spec",
     "build_model",
     "coords",

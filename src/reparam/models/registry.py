@@ -89,6 +89,17 @@ def _resolve(name: str) -> tuple[Builder, re.Match[str] | None]:
     return choose(name, MODELS, "model"), None  # raises the "unknown model" error
 
 
+def build_for(name: str, splits, seed: int | None = None, **options) -> nn.Module:
+    """build_model for the data in `splits` (its classes, channels, image size, mean and std); with `seed`,
+    every generator is seeded first, so the initial weights depend only on it."""
+    if seed is not None:
+        from reparam.core.runtime import seed_everything
+
+        seed_everything(seed)
+    return build_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                       image_size=splits.image_size, mean=splits.mean, std=splits.std, **options)
+
+
 def build_model(
     name: str,
     *,

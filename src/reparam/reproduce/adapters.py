@@ -14,21 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from reparam.models import build_for
 from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.reproduce.jobcache import cached_json, cached_model, data_key
 
 K = 200
 BASE_EPOCHS = 8
 EPOCHS = 10
-
-
-def _build(splits, seed: int):
-    from reparam.core.runtime import seed_everything
-    from reparam.models import build_model
-
-    seed_everything(seed)
-    return build_model("cnn", num_classes=splits.num_classes, in_channels=splits.in_channels,
-                       image_size=splits.image_size, mean=splits.mean, std=splits.std)
 
 
 def _pretrain(model, splits, seed: int, epochs: int) -> dict:
@@ -91,7 +83,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
         # a --full run keeps each finished job (reproduce.jobcache): the base model and each adapter's result
         key = {"data": data_key(src), "seed": seed, "base_epochs": base_epochs, "epochs": epochs, "k": K}
         base, info = cached_model(ctx.work_dir, "adapters-jobs", "base", key,
-                                  lambda src=src, seed=seed: _build(src, seed),
+                                  lambda src=src, seed=seed: build_for("cnn", src, seed),
                                   lambda model, src=src, seed=seed: _pretrain(model, src, seed, base_epochs))
         base.eval()
         acc["base"].append(info["test_acc"])

@@ -8,9 +8,8 @@ from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, Reprodu
 
 
 def run(ctx: ReproduceContext) -> MethodReport:
-    from reparam.core.runtime import seed_everything
     from reparam.metrics import count_params
-    from reparam.models import build_model
+    from reparam.models import build_for
     from reparam.train import TrainConfig, Trainer
 
     t0 = time.perf_counter()
@@ -19,9 +18,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
     epochs = 1 if ctx.tiny else 15
     for s in seeds:
         splits = ctx.load_data("dense", s, quick_subset=200 if ctx.tiny else None)
-        seed_everything(s)
-        model = build_model("cnn", num_classes=splits.num_classes, in_channels=splits.in_channels,
-                            image_size=splits.image_size, mean=splits.mean, std=splits.std)
+        model = build_for("cnn", splits, s)
         res = Trainer(model, splits, TrainConfig(epochs=epochs, lr=0.05, batch_size=64, seed=s, progress=False)).fit()
         accs.append(res.test_acc)
         secs.append(res.train_seconds)

@@ -54,8 +54,7 @@ def cached_model(work_dir, namespace: str, name: str, key: dict[str, Any], build
         model.load_state_dict(tensors)
         return model, header["info"]
     info = json.loads(json.dumps(train(model), default=float))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is not None:   # written atomically (core.fileformat), so a killed run leaves no half file
         save_tensors(path, model.state_dict(), kind="reproduce-job", header={"info": info, "key": key})
     return model, info
 

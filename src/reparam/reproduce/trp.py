@@ -11,6 +11,7 @@ import statistics
 import time
 from typing import Any
 
+from reparam.models import build_for
 from reparam.reproduce.claims import Claim, MethodReport, MethodSummary, ReproduceContext
 from reparam.reproduce.jobcache import cached_json, cached_model, data_key
 
@@ -20,12 +21,7 @@ FULL_EPOCHS = 30
 
 
 def _build(splits, seed: int):
-    from reparam.core.runtime import seed_everything
-    from reparam.models import build_model
-
-    seed_everything(seed)
-    return build_model("resnet20", num_classes=splits.num_classes, in_channels=splits.in_channels,
-                       image_size=splits.image_size, mean=splits.mean, std=splits.std)
+    return build_for("resnet20", splits, seed)
 
 
 def _fit(model, splits, seed: int, epochs: int, mode: str, scheme: str = "channel", nuclear: float = 0.0):

@@ -19,7 +19,6 @@ import torch
 
 from reparam.compander import learned_scales
 from reparam.core.fileformat import atomic_write_text
-from reparam.core.runtime import seed_everything
 from reparam.experiments.compander.variants import Variant, parse_variant, setup_variant
 from reparam.metrics.stats import mean_std, paired
 from reparam.train import TrainConfig, Trainer
@@ -46,16 +45,14 @@ class DataSpec:
 
 def load(spec: DataSpec, seed: int):
     from reparam.data import limit_test, load_dataset
-    from reparam.models import build_model
+    from reparam.models import build_for
 
     extra = {"resize": spec.resize} if spec.resize else {}
     splits = load_dataset(spec.data, seed=seed, root=spec.data_root, val_fraction=spec.val_fraction,
                           train_subset=spec.train_subset, **extra)
     if spec.test_limit:
         splits = limit_test(splits, spec.test_limit, seed)
-    seed_everything(seed)
-    model = build_model(spec.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        image_size=splits.image_size, mean=splits.mean, std=splits.std, **spec.model_options)
+    model = build_for(spec.model, splits, seed, **spec.model_options)
     return splits, model
 
 
