@@ -117,6 +117,37 @@ def target_summary(runs: Path, pattern: str, rates=(0.5, 1.0), classic: str | No
     return out
 
 
+def _codec_points(runs: Path, patterns: list[str]) -> dict[tuple, dict]:
+    """(image, side, target bpp) -> the codec's point, from every rd.json under the glob patterns."""
+    out = {}
+    for pattern in patterns:
+        for d in sorted(runs.glob(pattern)):
+            if (d / "rd.json").exists():
+                r = json.loads((d / "rd.json").read_text())
+                for p in r["points"]["prnc"]:
+                    out[(r["source"], r["image"][1], p["target_bpp"])] = p
+    return out
+
+
+def compare_tables(runs: Path, old: list[str], new: list[str]) -> list[str]:
+    """Codec PSNR, network width and encode time of two sets of rd runs at the points both measured."""
+    a, b = _codec_points(runs, old), _codec_points(runs, new)
+    keys = sorted(set(a) & set(b), key=lambda k: (k[1], k[2], k[0]))
+    out = ["| image | side | target bpp | old: width, PSNR | new: width, PSNR | new - old (dB) | encode s old / new |",
+           "|---|---|---|---|---|---|---|"]
+    diffs = []
+    for k in keys:
+        p, q = a[k], b[k]
+        diffs.append(q["psnr"] - p["psnr"])
+        out.append(f"| {k[0]} | {k[1]} | {k[2]:g} | w{p['inr']['width']}, {f(p['psnr'])} | w{q['inr']['width']}, "
+                   f"{f(q['psnr'])} | {diffs[-1]:+.2f} | {p['encode_seconds']:.0f} / {q['encode_seconds']:.0f} |")
+    changed = [d for k, d in zip(keys, diffs, strict=True) if a[k]["inr"]["width"] != b[k]["inr"]["width"]]
+    if changed:
+        out.append(f"\nWhere the width differs: new - old **{sum(changed) / len(changed):+.2f} dB** mean over "
+                   f"{len(changed)} points (new better at {sum(d > 0 for d in changed)}).\n")
+    return out
+
+
 def sweep_tables(runs: Path, pattern: str = "sw-*", reference: str = "sw-default") -> list[str]:
     """The settings sweep: one row per measured config, the fields where it differs from the reference
     folder's config (the defaults a sweep started from), the mean PSNR difference to JPEG at the same true
@@ -235,7 +266,14 @@ def main() -> None:
     ap.add_argument("--sweeps", default=None, help="also a table of the sweep folders matching this glob (sw-*)")
     ap.add_argument("--targets", default=None, help="also the target table of this sweep folder (128x128)")
     ap.add_argument("--tables", action="store_true", help="also the Table 8/9 run (benchmarks/image_tables.py)")
+    ap.add_argument("--compare", default=None, metavar="OLD;NEW",
+                    help="only a table of the codec points two sets of rd runs share: comma-separated globs, "
+                         "e.g. 'd7-128-*,new256-*;w5-128-*,w5-256-*'")
     args = ap.parse_args()
+    if args.compare:
+        old, new = (part.split(",") for part in args.compare.split(";"))
+        print("\n".join(compare_tables(Path(args.runs), old, new)))
+        return
     runs, docs = Path(args.runs), Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     for size in ("128", "256"):

@@ -62,6 +62,7 @@ CASES = [
     (["image", "encode", "camera", "-o", "{new}.prnc", "--bpp", "nan"], "--bpp: 'nan'"),
     (["image", "encode", "camera", "-o", "{f}/x.prnc", "--bpp", "1"], "is a file"),
     (["image", "encode", "camera", "-o", "{new}.prnc", "--bpp", "1", "--width", "1000000"], "--width"),
+    (["image", "encode", "camera", "-o", "{new}.prnc", "--bpp", "1", "--max-k-share", "0"], "--max-k-share: 0 is not allowed"),
     (["image", "encode", "camera", "-o", "{new}.prnc", "--bpp", "1", "--size", "100000"], "pixels"),
     (["image", "encode", "{big}", "-o", "{new}.prnc", "--bpp", "1"], "pixels; allowed: at most"),
     (["image", "encode", "nosuchimage", "-o", "{new}.prnc", "--bpp", "1"], "unknown image 'nosuchimage'"),

@@ -504,6 +504,18 @@ def test_max_k_share_sets_the_width():
         codec.CodecConfig(max_k_share=0).validate()
 
 
+def test_default_network_keeps_its_width_and_caps_k():
+    """At the default share (1) a budget above the network's weights caps k instead of widening
+    (docs/results/image_codec.md, "Widening"); an explicit k above them still widens."""
+    x = image(h=24, w=24)
+    cfg = codec.CodecConfig(inr=SPEC)
+    spec = codec.network_for(6.0, cfg, *x.shape)
+    weights = sum(layer_sizes(build_inr(SPEC, *x.shape)))
+    assert spec.width == SPEC.width
+    assert codec.coefficients_for_bpp(6.0, spec, *x.shape, cfg.bits_per_coef) == weights
+    assert codec.network_for(6.0, cfg, *x.shape, k=weights + 1).width > SPEC.width
+
+
 def test_quantization_aware_steps_use_the_fits_pixel_cap(monkeypatch):
     seen = []
     real = codec.fit_inr

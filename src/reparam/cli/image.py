@@ -84,8 +84,12 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=positive_int, default=d.fit.max_pixels,
                    help=f"at most this many pixels per step (default {d.fit.max_pixels})")
     g.add_argument("--fixed-width", action="store_true",
-                   help=f"keep --width even when k is above {codec.MAX_K_SHARE:g} of the network's weights "
-                        f"(default: widen along {', '.join(map(str, codec.WIDTHS))})")
+                   help=f"keep --width whatever k is (default: widen along {', '.join(map(str, codec.WIDTHS))} "
+                        f"while k is above --max-k-share of the network's weights)")
+    g.add_argument("--max-k-share", type=number(float, 0, 1, lo_open=True, allowed="a share in (0, 1]"),
+                   default=d.max_k_share,
+                   help=f"widen the network while k is above this share of its weights (default "
+                        f"{d.max_k_share:g}; smaller: wider, slower networks)")
     g.add_argument("--bits-per-coef", type=number(float, 0.5, 16), default=d.bits_per_coef,
                    help=f"sets k from the rate: k = payload bits / this (default {d.bits_per_coef})")
     g.add_argument("--qat-steps", type=number(int, 0, allowed="an integer >= 0"), default=d.qat_steps,
@@ -105,7 +109,8 @@ def _config(args: argparse.Namespace) -> codec.CodecConfig:
                   eval_every=max(1, min(100, args.steps // 10)), warmup=min(d.fit.warmup, args.steps - 1))
     return codec.CodecConfig(inr=spec, seed=args.seed, budget_rule=args.budget_rule, fit=fit,
                              bits_per_coef=args.bits_per_coef, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
-                             entropy_model=args.entropy_model, widen=not args.fixed_width).validate()
+                             entropy_model=args.entropy_model, widen=not args.fixed_width,
+                             max_k_share=args.max_k_share).validate()
 
 
 def _load(args: argparse.Namespace) -> torch.Tensor:
