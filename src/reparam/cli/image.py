@@ -138,7 +138,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     print_table(f"encoded {args.image} -> {out}", [
         ("image", f"{w}x{h}, {c} channel(s)"),
         ("coefficients k", f"{enc.k} (per layer {enc.budgets})"
-                           + (": capped at the dense network's size" if capped else "")),
+                           + (": capped at the network's weights (more bits per coefficient instead; "
+                              "--max-k-share 0.5 widens the network, slower)" if capped else "")),
         ("file", f"{size} bytes (target {enc.target_bytes}; header {enc.header.header_bytes()})"),
         ("true bits per pixel", f"{b['bpp']:.4f}  (file bytes * 8 / pixels, header included; target {args.bpp:g})"),
         ("  coded coefficients", f"{b['payload_bpp']:.4f}  ({b['bits_per_coef']:.2f} bits per coefficient)"),
