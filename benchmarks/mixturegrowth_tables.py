@@ -59,12 +59,12 @@ def tables(results: dict) -> str:
                        f"{'-' if name == 'orthogonal' else _diff(d['orthogonal'], final)} |")
     if "mg-official-template-init-same-verdicts" in claims:
         d = claims["mg-official-template-init-same-verdicts"]["details"]
+        # by name: results.json stores the dict with sorted keys, not in the column order
+        order = [d["verdicts"][k] for k in ("wo-fusion", "growth baselines", "large-match")]
         out += ["", "| template init | MixtureGrowth test accuracy (%) | verdicts (vs w/o fusion; vs best of Random/"
                 "Net2Net; vs Large-Match) |", "|---|---|---|",
-                f"| per-template (reparam default) | {_pct(d['per_template'])} | "
-                f"{'; '.join(v[0] for v in d['verdicts'].values())} |",
-                f"| stacked (official code) | {_pct(d['stacked'])} | "
-                f"{'; '.join(v[1] for v in d['verdicts'].values())} |",
+                f"| per-template (reparam default) | {_pct(d['per_template'])} | {'; '.join(v[0] for v in order)} |",
+                f"| stacked (official code) | {_pct(d['stacked'])} | {'; '.join(v[1] for v in order)} |",
                 "", f"stacked - per-template: {_diff(d['stacked'], d['per_template'])}"]
     return "\n".join(out)
 
