@@ -84,12 +84,12 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=positive_int, default=d.fit.max_pixels,
                    help=f"at most this many pixels per step (default {d.fit.max_pixels})")
     g.add_argument("--fixed-width", action="store_true",
-                   help=f"keep --width whatever k is (default: widen along {', '.join(map(str, codec.WIDTHS))} "
-                        f"while k is above --max-k-share of the network's weights)")
+                   help=f"keep --width whatever k is (otherwise the network is widened along "
+                        f"{', '.join(map(str, codec.WIDTHS))} while k is above --max-k-share of its weights)")
     g.add_argument("--max-k-share", type=number(float, 0, 1, lo_open=True, allowed="a share in (0, 1]"),
                    default=d.max_k_share,
                    help=f"widen the network while k is above this share of its weights (default "
-                        f"{d.max_k_share:g}; smaller: wider, slower networks)")
+                        f"{d.max_k_share:g}: never, k is capped at the weights; 0.5: wider, slower networks)")
     g.add_argument("--bits-per-coef", type=number(float, 0.5, 16), default=d.bits_per_coef,
                    help=f"sets k from the rate: k = payload bits / this (default {d.bits_per_coef})")
     g.add_argument("--qat-steps", type=number(int, 0, allowed="an integer >= 0"), default=d.qat_steps,
