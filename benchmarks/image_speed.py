@@ -48,7 +48,7 @@ def phase_encode(args) -> dict:
             "encode_seconds": enc.encode_seconds, "encode_cpu_seconds": cpu, "fit_seconds": enc.fit.seconds,
             "qat_seconds": enc.qat.seconds if enc.qat else 0.0, "steps": cfg.fit.steps, "qat_steps": cfg.qat_steps,
             "encode_peak_rss_mb": peak_rss_mb(), "inr": codec.read_image_header(args.file)["inr"],
-            "image": [c, h, w]}
+            "tiles": list(enc.tiles), "image": [c, h, w]}
 
 
 def phase_decode(args) -> dict:

@@ -32,7 +32,7 @@ BITS_PER_COEF = 6.0   # the rate of every point: the file for k coefficients at 
 
 def encode_point(x, k, spec, fit, seed, tmp):
     c, h, w = x.shape
-    cfg = codec.CodecConfig(inr=spec, fit=fit, seed=seed, widen=False)
+    cfg = codec.CodecConfig(inr=spec, fit=fit, seed=seed, grow="none")
     bpp = (container.file_overhead(spec.depth + 1) * 8 + BITS_PER_COEF * k) / (h * w)
     enc = codec.encode(x, bpp, cfg, k=k, progress=False)
     path = Path(tmp) / f"w{spec.width}_d{spec.depth}_lr{fit.lr}.rpic"

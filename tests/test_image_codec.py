@@ -4,6 +4,7 @@ trained-INR baseline, and the CLI's bad-input handling."""
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,8 +137,9 @@ def test_progressive_top_p(encoded):
             assert a[s][kept].abs().min() >= a[s][~kept].abs().max()
     with pytest.raises(ReparamError, match="percentage"):
         codec.decode(path, top=150)
-    assert codec.subset_bits([4], 0.5) == pytest.approx(np.log2(6))   # C(4, 2) = 6 choices
-    assert codec.subset_bits([10, 7], 1.0) == pytest.approx(0.0, abs=1e-9)
+    assert codec.subset_bits([[4]], 0.5) == pytest.approx(np.log2(6))   # C(4, 2) = 6 choices
+    assert codec.subset_bits([[4], [4, 4]], 0.5) == pytest.approx(3 * np.log2(6))   # summed over tiles
+    assert codec.subset_bits([[10, 7]], 1.0) == pytest.approx(0.0, abs=1e-9)
 
 
 def _corrupt(path, tmp_path, at):
@@ -178,28 +180,39 @@ def test_corrupted_and_wrong_files_are_refused(encoded, tmp_path):
         codec.decode(tmp_path / "cls.prnc")
 
 
-def _header(**kw):
-    base = dict(channels=3, height=16, width=16, inr_width=8, depth=2, fourier=8, sigma=1.0, fourier_seed=0,
-                seed=3, step=0.01, budgets=[20, 20, 10], scale_codes=[128] * 3, ratio_codes=[128] * 3, bound=9)
+TILE_FIELDS = ("step", "budgets", "scale_codes", "ratio_codes", "bound")
+
+
+def _tile(**kw):
+    base = dict(step=0.01, budgets=[20, 20, 10], scale_codes=[128] * 3, ratio_codes=[128] * 3, bound=9)
+    return container.TileCode(**{**base, **kw})
+
+
+def _header(tiles=1, **kw):
+    """A header of `tiles` tile records (a 1 x tiles grid); step/budgets/... go to every tile."""
+    tile_kw = {k: kw.pop(k) for k in TILE_FIELDS if k in kw}
+    base = dict(channels=3, height=16, width=16 * tiles, inr_width=8, depth=2, fourier=8, sigma=1.0,
+                fourier_seed=0, seed=3, tiles=[_tile(**tile_kw) for _ in range(tiles)], cols=tiles)
     return container.Header(**{**base, **kw})
 
 
 def test_container_round_trip_and_bounds():
     h = _header(sigma=0.1, decoded_crc32=2**32 - 1, sigmoid=True, gaussian_model=True)
     payload = bytes(range(8))
-    data = container.pack(h, payload)
-    assert len(data) == container.file_overhead(3) + 8
+    data = container.pack(h, [payload])
+    assert len(data) == container.file_overhead(3) + 8 and data[4] == container.VERSION
     back, pay = container.parse(data)
-    assert pay == payload and back.sigma == pytest.approx(0.1) and back.sigmoid and back.gaussian_model
-    assert back.step == pytest.approx(0.01) and back.budgets == [20, 20, 10] and back.decoded_crc32 == 2**32 - 1
+    assert pay == [payload] and back.sigma == pytest.approx(0.1) and back.sigmoid and back.gaussian_model
+    assert back.tiles[0].step == pytest.approx(0.01) and back.tiles[0].budgets == [20, 20, 10]
+    assert back.decoded_crc32 == 2**32 - 1 and (back.rows, back.cols) == (1, 1)
     # values the format cannot hold are refused on writing, naming the field
     for kw, words in (({"height": 5000}, "image height"), ({"channels": 2}, "channels"),
                       ({"budgets": [20, 20, 28]}, "layer 2 coefficient count"), ({"seed": 2**32}, "basis seed"),
                       ({"step": float("nan")}, "quantization step"), ({"budgets": [1, 1]}, "layer count")):
         with pytest.raises(ReparamError, match=words):
-            container.pack(_header(**kw), payload)
+            container.pack(_header(**kw), [payload])
     with pytest.raises(ReparamError, match="whole 32-bit words"):
-        container.pack(h, b"abc")
+        container.pack(h, [b"abc"])
 
 
 def _recrc(data: bytearray) -> bytes:
@@ -214,7 +227,7 @@ def test_header_values_bounded_before_allocation():
     """A file whose CRC is right but whose fields are absurd is refused before anything is built."""
     import struct
 
-    data = bytearray(container.pack(_header(), bytes(8)))
+    data = bytearray(container.pack(_header(), [bytes(8)]))
     for off, fmt, value, words in ((8, "<H", 65535, "image height"), (12, "<H", 65535, "INR width"),
                                    (7, "<B", 200, "depth"), (5, "<B", 0x80, "flags"), (6, "<B", 2, "channels"),
                                    (38, "<H", 60000, "layer 0 coefficient count"), (4, "<B", 9, "version")):
@@ -227,18 +240,18 @@ def test_header_values_bounded_before_allocation():
     for kw, words in (({"height": 4096, "width": 4096, "inr_width": 512}, "multiply-adds"),
                       ({"inr_width": 512, "fourier": 1024, "budgets": [65535, 65535, 10]}, "basis numbers")):
         with pytest.raises(ReparamError, match=words):
-            container.pack(_header(**kw), bytes(8))
+            container.pack(_header(**kw), [bytes(8)])
         bad = bytearray(data)
         h = _header(**kw)
         struct.pack_into("<HHHH", bad, 8, h.height, h.width, h.inr_width, h.fourier)
-        struct.pack_into("<H", bad, 38, h.budgets[0])
-        struct.pack_into("<H", bad, 42, h.budgets[1])
+        struct.pack_into("<H", bad, 38, h.tiles[0].budgets[0])
+        struct.pack_into("<H", bad, 42, h.tiles[0].budgets[1])
         with pytest.raises(ReparamError, match=words):
             container.parse(_recrc(bad))
     # the encoder applies the same bounds before it fits anything
     for spec, words in ((InrSpec(width=container.MAX_WIDTH + 1, depth=1, fourier=4), "INR width"),
                         (InrSpec(width=8, depth=container.MAX_DEPTH + 1, fourier=4), "depth")):
-        cfg = codec.CodecConfig(inr=spec, fit=FitConfig(steps=1), qat_steps=0, widen=False)
+        cfg = codec.CodecConfig(inr=spec, fit=FitConfig(steps=1), qat_steps=0, grow="none")
         with pytest.raises(ReparamError, match=words):
             codec.encode(image(), 40.0, cfg, progress=False)
 
@@ -495,25 +508,153 @@ def test_materialize_only_within_limit_and_available_memory(monkeypatch):
     assert pranc_core(m).mode == "streamed"
 
 
-def test_max_k_share_sets_the_width():
+def test_max_k_share_sets_the_width_when_widening():
     x = image(h=24, w=24)
-    narrow = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, max_k_share=1.0), *x.shape)
-    wide = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, max_k_share=0.05), *x.shape)
+    narrow = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, grow="widen", max_k_share=1.0), *x.shape)
+    wide = codec.network_for(6.0, codec.CodecConfig(inr=SPEC, grow="widen", max_k_share=0.05), *x.shape)
     assert narrow.width == SPEC.width < wide.width
+    assert codec.network_for(6.0, codec.CodecConfig(inr=SPEC, max_k_share=0.05), *x.shape).width == SPEC.width
     with pytest.raises(ReparamError, match="share"):
         codec.CodecConfig(max_k_share=0).validate()
+    with pytest.raises(ReparamError, match="growth rule"):
+        codec.CodecConfig(grow="taller").validate()
+    with pytest.raises(ReparamError, match="tile grid"):
+        codec.CodecConfig(tiles=(0, 2)).validate()
 
 
-def test_default_network_keeps_its_width_and_caps_k():
-    """At the default share (1) a budget above the network's weights caps k instead of widening
-    (docs/results/image_codec.md, "Widening"); an explicit k above them still widens."""
+def test_without_growth_k_is_capped_at_the_weights():
+    """grow="none": a budget above the network's weights caps k (more bits per coefficient); with "widen" an
+    explicit k above them widens the network."""
     x = image(h=24, w=24)
-    cfg = codec.CodecConfig(inr=SPEC)
+    cfg = codec.CodecConfig(inr=SPEC, grow="none")
     spec = codec.network_for(6.0, cfg, *x.shape)
     weights = sum(layer_sizes(build_inr(SPEC, *x.shape)))
     assert spec.width == SPEC.width
     assert codec.coefficients_for_bpp(6.0, spec, *x.shape, cfg.bits_per_coef) == weights
-    assert codec.network_for(6.0, cfg, *x.shape, k=weights + 1).width > SPEC.width
+    assert codec.tile_grid(6.0, cfg, layer_sizes(build_inr(SPEC, *x.shape)), 24, 24) == (1, 1)
+    assert codec.network_for(6.0, replace(cfg, grow="widen"), *x.shape, k=weights + 1).width > SPEC.width
+
+
+def test_tile_grid_is_the_fewest_tiles_within_the_share():
+    spec = InrSpec(width=32, depth=2, fourier=16)
+    sizes = layer_sizes(build_inr(spec, 3, 8, 8))          # 2,211 weights: up to 1,105 coefficients per tile
+    cfg = codec.CodecConfig(inr=spec, bits_per_coef=6)
+    limit = cfg.max_k_share * sum(sizes)
+
+    def ks(bpp, r, c):
+        return [8 * b / cfg.bits_per_coef for b in codec.tile_payload_bytes(bpp, len(sizes), 64, 64, r, c)]
+
+    chosen = {}
+    for bpp in (1.0, 2.0, 4.0):
+        rows, cols = chosen[bpp] = codec.tile_grid(bpp, cfg, sizes, 64, 64)
+        assert max(ks(bpp, rows, cols)) <= limit, (bpp, rows, cols)
+        for r, c in codec._grids(64, 64):     # every grid with fewer tiles leaves a tile above the share
+            if r * c < rows * cols:
+                assert max(ks(bpp, r, c)) > limit
+    assert chosen == {1.0: (1, 1), 2.0: (1, 2), 4.0: (2, 2)}
+    assert codec.tile_grid(8.0, cfg, sizes, 64, 64) == (2, 2)   # none within the share: the finest (32-pixel tiles)
+    assert codec.tile_grid(4.0, cfg, sizes, 64, 128) == (2, 3)   # a wide image: more columns than rows
+    assert codec.tile_grid(8.0, replace(cfg, tiles=(1, 3)), sizes, 64, 64) == (1, 3)
+    # tiles are at most tile_side pixels a side whatever the rate; 0 lifts the limit
+    assert codec.tile_grid(0.1, cfg, sizes, 256, 256) == (2, 2)
+    assert codec.tile_grid(0.1, replace(cfg, tile_side=0), sizes, 256, 256) == (1, 1)
+    assert codec.tile_grid(0.5, replace(cfg, tile_side=64), sizes, 256, 128) == (4, 2)
+    # ... unless the rate cannot pay for the records of that many tiles: then one network
+    assert codec.tile_grid(0.1, replace(cfg, tile_side=64), sizes, 256, 128) == (1, 1)
+    assert codec.tile_grid(1.0, cfg, sizes, 300, 40) == (4, 1)    # 3 rows of 100x40 would be 2.5 times as tall
+    with pytest.raises(ReparamError, match="tile side"):
+        codec.CodecConfig(tile_side=8).validate()
+    assert container.tile_boxes(10, 7, 2, 3) == [(0, 5, 0, 2), (0, 5, 2, 4), (0, 5, 4, 7),
+                                                 (5, 10, 0, 2), (5, 10, 2, 4), (5, 10, 4, 7)]
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    x = image(h=40, w=64)
+    cfg = replace(CFG, tiles=(2, 2))
+    enc = codec.encode(x, BPP, cfg, progress=False)
+    path = tmp_path_factory.mktemp("tiled") / "x.rpic"
+    size = codec.save(path, enc)
+    return x, enc, path, size
+
+
+def test_tiled_file_decodes_bit_exactly_and_keeps_the_rate(tiled):
+    x, enc, path, size = tiled
+    target = codec.target_bytes(BPP, 40, 64)
+    assert 0.95 * target <= size <= target and enc.tiles == (2, 2)
+    data = path.read_bytes()
+    assert data[4] == container.VERSION_TILED
+    assert enc.header.header_bytes() == container.file_overhead(3, 4) == 34 + 4 * (10 + 3 * 4) + 4
+    dec = codec.decode(path)
+    assert dec.bit_exact and torch.equal(dec.image, enc.decoded)
+    h = codec.read_image_header(path)
+    assert h["version"] == 2 and h["tiles"] == [2, 2] and len(h["tile_codes"]) == 4
+    assert h["budgets"] == enc.budgets == [sum(b[i] for b in enc.tile_budgets) for i in range(3)]
+    assert enc.k == sum(map(sum, enc.tile_budgets)) and "step" not in h
+    model, _ = codec.load(path)
+    assert isinstance(model, codec.TiledINR) and len(codec.networks(model)) == 4
+    for a, b in zip(codec.networks(model), codec.networks(enc.model)):
+        assert torch.equal(pranc_core(a).alpha, pranc_core(b).alpha)
+    # each tile is the network of its own box: rendering tile 3 alone gives that part of the image
+    y0, y1, x0, x1 = model.boxes[3]
+    assert torch.equal(codec.render_uint8(model.tiles[3], y1 - y0, x1 - x0), dec.image[:, y0:y1, x0:x1])
+    # progressive decoding keeps the largest coefficients of every tile's layers
+    half = codec.decode(path, top=50)
+    assert half.kept == sum(int(np.ceil(k / 2)) for b in enc.tile_budgets for k in b) and half.bit_exact is None
+    # the tiles share the error budget: the whole-image PSNR agrees with the decoded image
+    assert abs(psnr(from_uint8(dec.image), x) - psnr(from_uint8(enc.decoded), x)) < 1e-9
+
+
+def test_tiled_container_refuses_inconsistent_grids():
+    import struct
+
+    h = _header(tiles=2)
+    data = container.pack(h, [bytes(8), bytes(4)])
+    back, pays = container.parse(data)
+    assert (back.rows, back.cols) == (1, 2) and pays == [bytes(8), bytes(4)] and data[4] == 2
+    assert len(data) == container.file_overhead(3, 2) + 12
+    with pytest.raises(ReparamError, match="2 payloads for 1 tiles|1 payloads for 2 tiles"):
+        container.pack(h, [bytes(8)])
+    with pytest.raises(ReparamError, match="3 tile records"):
+        container.pack(replace(h, tiles=h.tiles + [_tile()]), [bytes(4)] * 3)
+    with pytest.raises(ReparamError, match="tile columns 3"):   # 16 pixels wide cannot hold 3 tiles of >= 8
+        container.pack(_header(tiles=3, width=16), [bytes(4)] * 3)
+    for off, fmt, value, words in ((33, "<B", 3, "records|tile records|payloads"),   # columns
+                                   (34 + 6, "<I", 3, "payloads"),                      # tile 0's payload words
+                                   (32, "<B", 0, "records|tile rows")):
+        bad = bytearray(data)
+        struct.pack_into(fmt, bad, off, value)
+        with pytest.raises(ReparamError, match=words):
+            container.parse(_recrc(bad))
+
+
+def test_tiled_fuzz_refused_or_identical(tiled):
+    """The seeded mutations of the fuzz test below, on a tiled (version 2) file."""
+    _, enc, path, _ = tiled
+    good = path.read_bytes()
+    refused = 0
+    import random
+
+    rng = random.Random(20)
+    for i in range(120):
+        data = bytearray(good)
+        if i % 3 == 0:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif i % 3 == 1:
+            data = data[:rng.randrange(len(data))]
+        else:
+            j = rng.randrange(4, len(data) - 4)
+            data[j] = rng.randrange(256)
+            data = bytearray(_recrc(data))
+        try:
+            model, header = codec.from_bytes(bytes(data))
+        except ReparamError as e:
+            assert "\n" not in str(e)
+            refused += i % 3 != 2
+            continue
+        c, h, w = header["image"]   # a CRC-fixed edit may be a valid file of another image: it must render
+        assert i % 3 == 2 and codec.render_uint8(model, h, w).shape == (c, h, w)
+    assert refused == 80            # every bit flip and truncation is caught
 
 
 def test_quantization_aware_steps_use_the_fits_pixel_cap(monkeypatch):

@@ -50,6 +50,18 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def tile_grid(text: str) -> tuple[int, int]:
+    """--tiles RxC: rows x columns of the tile grid."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(t.strip().isdigit() for t in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tile grid; allowed: RxC, e.g. 2x2")
+    r, c = (int(t) for t in parts)
+    if not (1 <= r <= container.MAX_TILES and 1 <= c <= container.MAX_TILES):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: rows and columns in "
+                                         f"1..{container.MAX_TILES}")
+    return r, c
+
+
 def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="a PNG/JPEG path or a bundled scikit-image name (astronaut, camera, coffee, ...)")
     p.add_argument("--size", type=_size, default=None,
@@ -83,13 +95,19 @@ def _add_codec_args(p: argparse.ArgumentParser) -> None:
                    help=f"share of pixels per step (default {d.fit.fraction})")
     g.add_argument("--max-pixels", type=positive_int, default=d.fit.max_pixels,
                    help=f"at most this many pixels per step (default {d.fit.max_pixels})")
-    g.add_argument("--fixed-width", action="store_true",
-                   help=f"keep --width whatever k is (otherwise the network is widened along "
-                        f"{', '.join(map(str, codec.WIDTHS))} while k is above --max-k-share of its weights)")
+    g.add_argument("--grow", choices=codec.GROW, default=d.grow,
+                   help=f"what a budget above --max-k-share of the network's weights buys (default {d.grow}): "
+                        "tile = split the image into a grid of tiles, one network each; widen = a wider network "
+                        f"along {', '.join(map(str, codec.WIDTHS))} (slower); none = k capped at the weights")
     g.add_argument("--max-k-share", type=number(float, 0, 1, lo_open=True, allowed="a share in (0, 1]"),
                    default=d.max_k_share,
-                   help=f"widen the network while k is above this share of its weights (default "
-                        f"{d.max_k_share:g}: never, k is capped at the weights; 0.5: wider, slower networks)")
+                   help=f"grow while a network's k is above this share of its weights (default {d.max_k_share:g})")
+    g.add_argument("--tile-side", type=number(int, 0, allowed=f"0 (no limit) or an integer >= {codec.MIN_TILE}"),
+                   default=d.tile_side,
+                   help=f"with --grow tile: tiles at most this many pixels a side (default {d.tile_side}, the size the "
+                        "defaults were tuned at; 0: no limit)")
+    g.add_argument("--tiles", type=tile_grid, default=None, metavar="RxC",
+                   help="code the image as this grid of tiles (rows x columns, e.g. 2x2) instead of choosing one")
     g.add_argument("--bits-per-coef", type=number(float, 0.5, 16), default=d.bits_per_coef,
                    help=f"sets k from the rate: k = payload bits / this (default {d.bits_per_coef})")
     g.add_argument("--qat-steps", type=number(int, 0, allowed="an integer >= 0"), default=d.qat_steps,
@@ -109,8 +127,9 @@ def _config(args: argparse.Namespace) -> codec.CodecConfig:
                   eval_every=max(1, min(100, args.steps // 10)), warmup=min(d.fit.warmup, args.steps - 1))
     return codec.CodecConfig(inr=spec, seed=args.seed, budget_rule=args.budget_rule, fit=fit,
                              bits_per_coef=args.bits_per_coef, qat_steps=args.qat_steps, qat_lr=args.qat_lr,
-                             entropy_model=args.entropy_model, widen=not args.fixed_width,
-                             max_k_share=args.max_k_share).validate()
+                             entropy_model=args.entropy_model, grow=args.grow,
+                             max_k_share=args.max_k_share, tiles=args.tiles,
+                             tile_side=args.tile_side).validate()
 
 
 def _load(args: argparse.Namespace) -> torch.Tensor:
@@ -132,14 +151,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
     c, h, w = x.shape
     enc = codec.encode(x, args.bpp, cfg, k=args.coefficients, progress=not args.no_progress)
     size = codec.save(out, enc)
-    capped = args.coefficients is None and enc.k == sum(enc.budgets) == sum(codec.layer_sizes(enc.model))
+    weights = sum(codec.layer_sizes(codec.networks(enc.model)[0]))
+    capped = args.coefficients is None and any(sum(b) == weights for b in enc.tile_budgets)
+    rows, cols = enc.tiles
     q = quality(x, from_uint8(enc.decoded))
     b = codec.bpp_report(size, enc.k, h, w, enc.header.header_bytes())
     print_table(f"encoded {args.image} -> {out}", [
         ("image", f"{w}x{h}, {c} channel(s)"),
-        ("coefficients k", f"{enc.k} (per layer {enc.budgets})"
+        ("tiles", f"{rows}x{cols} (one network each)" if rows * cols > 1 else "1 (one network)"),
+        ("coefficients k", f"{enc.k} (per layer {enc.budgets}" + (", all tiles)" if rows * cols > 1 else ")")
                            + (": capped at the network's weights (more bits per coefficient instead; "
-                              "--max-k-share 0.5 widens the network, slower)" if capped else "")),
+                              "--grow tile or a smaller --max-k-share spreads them over tiles)" if capped else "")),
         ("file", f"{size} bytes (target {enc.target_bytes}; header {enc.header.header_bytes()})"),
         ("true bits per pixel", f"{b['bpp']:.4f}  (file bytes * 8 / pixels, header included; target {args.bpp:g})"),
         ("  coded coefficients", f"{b['payload_bpp']:.4f}  ({b['bits_per_coef']:.2f} bits per coefficient)"),
@@ -150,7 +172,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     ])
     if args.json:
         write_json(args.json, {"file": str(out), "bytes": size, "target_bytes": enc.target_bytes, "k": enc.k,
-                               "budgets": enc.budgets, **b, **q, "float_psnr": enc.float_psnr,
+                               "budgets": enc.budgets, "tiles": [rows, cols], "tile_budgets": enc.tile_budgets,
+                               **b, **q, "float_psnr": enc.float_psnr,
                                "encode_seconds": enc.encode_seconds, "inr": cfg.inr.to_dict(),
                                "steps": cfg.fit.steps, "qat_steps": cfg.qat_steps})
     return 0
@@ -172,7 +195,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             ("coefficients used", f"{dec.kept} of {sum(dec.header['budgets'])}"),
             ("decode time", f"{dec.seconds * 1000:.0f} ms")]
     if args.top is not None and args.top < 100:
-        side = codec.subset_bits(dec.header["budgets"], args.top / 100)
+        side = codec.subset_bits([t["budgets"] for t in dec.header["tile_codes"]], args.top / 100)
         rows.append(("progressive", f"largest {args.top:g}% per layer; saying which ones were kept costs "
                                     f"{side / (h * w):.4f} bpp (log2 C(k, n) per layer), not counted in the file"))
     else:
@@ -198,8 +221,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("network", f"Fourier MLP width {inr['width']}, depth {inr['depth']}, M={inr['fourier']}, "
                     f"sigma={inr['sigma']:g}, Fourier seed {inr['fourier_seed']}"),
         ("PRANC", f"seed {h['seed']}, {h['distribution']} basis"),
-        ("coefficients", f"{k} (per layer {h['budgets']}), step {h['step']:.4g}, {h['entropy_model']} "
-                         f"range coding, symbols in [-{h['bound']}, {h['bound']}]"),
+        ("tiles", f"{h['tiles'][0]}x{h['tiles'][1]} (one network each)" if len(h["tile_codes"]) > 1 else "1"),
+        ("coefficients", f"{k} (per layer {h['budgets']}" + (", all tiles)" if len(h["tile_codes"]) > 1 else ")")
+                         + ", step " + "/".join(f"{t['step']:.4g}" for t in h["tile_codes"])
+                         + f", {h['entropy_model']} range coding, symbols in [-B, B], B = "
+                         + "/".join(str(t["bound"]) for t in h["tile_codes"])),
         ("file", f"{size} bytes ({h['header_bytes']} bytes of header and CRC)"),
         ("true bits per pixel", f"{b['bpp']:.4f}"),
         ("  coded coefficients", f"{b['payload_bpp']:.4f} ({b['bits_per_coef']:.2f} bits per coefficient)"),

@@ -140,7 +140,7 @@ def run(ctx: ReproduceContext) -> MethodReport:
 
     # 4. Table 8: depth helps at a fixed number of coefficients
     deep = prnc
-    shallow, _ = rd.prnc_point(x, bpp, replace(cfg, inr=replace(spec, depth=2), widen=False), progress=False, k=k)
+    shallow, _ = rd.prnc_point(x, bpp, replace(cfg, inr=replace(spec, depth=2), grow="none"), progress=False, k=k)
     claims.append(Claim(
         method=METHOD, claim_id="image-depth-helps-fixed-k",
         statement="At a fixed number of coefficients, a deeper INR reconstructs better (Table 8).",

@@ -49,7 +49,8 @@ def prnc_point(image: torch.Tensor, bpp: float, cfg: codec.CodecConfig, progress
             Path(save_to).write_bytes(path.read_bytes())
     if not dec.bit_exact or not torch.equal(dec.image, enc.decoded):
         raise RuntimeError("decode of a freshly written file differs from the encoder's output")
-    point = {"codec": "prnc", "k": k, "budgets": enc.budgets, "bytes": size, "target_bpp": bpp,
+    point = {"codec": "prnc", "k": k, "budgets": enc.budgets, "tiles": list(enc.tiles), "bytes": size,
+             "target_bpp": bpp,
              "header_bytes": enc.header.header_bytes(), "inr": codec.spec_of(enc.header).to_dict(),
              **codec.bpp_report(size, k, h, w, enc.header.header_bytes()), **quality(ref, from_uint8(dec.image)),
              "fit_psnr_fp32": enc.float_psnr, "encode_seconds": enc.encode_seconds,

@@ -22,6 +22,14 @@ from reparam.experiments.image import classic
 from reparam.image import codec
 from reparam.image.metrics import from_uint8, quality
 
+
+def _grid(text: str) -> tuple[int, int]:
+    r, _, c = text.lower().partition("x")
+    return int(r), int(c)                  # a ValueError is reported naming the setting
+
+
+_grid.__name__ = "RxC tile grid"
+
 # name -> (where it lives, type)
 SETTINGS: dict[str, tuple[str, type]] = {
     "width": ("inr", int), "depth": ("inr", int), "fourier": ("inr", int), "sigma": ("inr", float),
@@ -30,7 +38,8 @@ SETTINGS: dict[str, tuple[str, type]] = {
     "warmup": ("fit", int),
     "bits_per_coef": ("codec", float), "qat_steps": ("codec", int), "qat_lr": ("codec", float),
     "budget_rule": ("codec", str), "entropy_model": ("codec", str), "sensitivity_steps": ("codec", int),
-    "widen": ("codec", int), "max_k_share": ("codec", float),
+    "grow": ("codec", str), "max_k_share": ("codec", float), "tiles": ("codec", _grid),
+    "tile_side": ("codec", int),
     "seed": ("codec", int),
 }
 
@@ -57,7 +66,7 @@ def configure(base: codec.CodecConfig, setting: dict[str, Any]) -> codec.CodecCo
     for name, v in setting.items():
         where = SETTINGS[name][0]
         {"inr": inr, "fit": fit, "codec": top}[where][name] = v
-    for name in ("sensitivity_steps", "widen"):
+    for name in ("sensitivity_steps",):
         if name in top:
             top[name] = bool(top[name])
     if "seed" in top:
@@ -96,7 +105,8 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
                 q = quality(x, from_uint8(enc.decoded))
                 j = classic.value_at_bpp(jpeg[name], len(enc.data) * 8 / (h * w))
                 row = {"setting": setting, "config": config, "image": name, "size": [h, w], "target_bpp": bpp,
-                       "bpp": len(enc.data) * 8 / (h * w), "k": enc.k, "psnr": q["psnr"], "msssim": q["msssim"],
+                       "bpp": len(enc.data) * 8 / (h * w), "k": enc.k, "tiles": list(enc.tiles),
+                       "psnr": q["psnr"], "msssim": q["msssim"],
                        "float_psnr": enc.float_psnr, "jpeg_psnr": j,
                        "vs_jpeg": None if j is None else q["psnr"] - j, "encode_cpu_s": cpu,
                        "encode_wall_s": enc.encode_seconds}
@@ -104,7 +114,8 @@ def run(images: dict[str, torch.Tensor], bpps: list[float], grid: dict[str, list
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 if log is not None:
-                    log(f"{setting} {name} {bpp}: {row['bpp']:.3f} bpp, {q['psnr']:.2f} dB "
+                    log(f"{setting} {name} {bpp}: {row['bpp']:.3f} bpp, {enc.tiles[0]}x{enc.tiles[1]} tiles, "
+                        f"{q['psnr']:.2f} dB "
                         f"(float {enc.float_psnr:.2f}), JPEG {j if j is None else round(j, 2)}, {cpu:.0f} CPU s")
     return rows
 
