@@ -19,7 +19,8 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     a = ap.parse_args()
     rows = []
-    print("| run | k | stored numbers | file bytes | val acc per epoch | test acc | test acc from the file | s per epoch |")
+    print("| run | k | stored numbers | file bytes | val acc per epoch | test acc | test acc from the file "
+          "| s per epoch |")
     print("|---|---|---|---|---|---|---|---|")
     for d in map(Path, a.runs):
         m = json.loads((d / "metrics.json").read_text())
