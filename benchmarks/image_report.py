@@ -58,12 +58,14 @@ def rd_tables(runs: Path, docs: Path, pattern: str = "rd*-*", classic: str | Non
         out.append(f"Command: `{r.get('command')}`. Quality: PSNR dB / {kind.upper()}."
                    + (f" JPEG/WebP/AVIF sweeps from {r['classic_from']}." if r.get("classic_from") else "") + "\n")
         classic = [n for n in ("jpeg", "webp", "avif", "jp2") if pts.get(n)]
-        head = ["target bpp", "k (width)", "file bytes", "**true bpp**", "bits/coef", "codec", "float fit"]
+        head = ["target bpp", "k (width, tiles)", "file bytes", "**true bpp**", "bits/coef", "codec", "float fit"]
         head += ["trained fp16 INR"] if "inr" in pts else []
         head += [f"{n.upper()} @ same true bpp" for n in classic] + ["encode s"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for p in pts["prnc"]:
-            row = [f"{p['target_bpp']:g}", f"{p['k']} (w{p['inr']['width']})", str(p["bytes"]), f"**{f(p['bpp'], 3)}**",
+            tiles = "x".join(map(str, p.get("tiles", [1, 1])))
+            row = [f"{p['target_bpp']:g}", f"{p['k']} (w{p['inr']['width']}, {tiles})", str(p["bytes"]),
+                   f"**{f(p['bpp'], 3)}**",
                    f(p["bits_per_coef"]), f"{f(p['psnr'])} / {f(p['msssim'], 3)}", f(p["fit_psnr_fp32"])]
             if "inr" in pts:
                 q = next((q for q in pts["inr"] if q.get("match_bpp") == p["target_bpp"]), None)
