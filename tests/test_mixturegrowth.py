@@ -407,16 +407,23 @@ def test_code_variant_inits():
 # hand-written forward-hook MAC counter, commit 8733da3): the zoo's WideResNet with MixtureGrowth's options
 # draws the same weights (same module creation order, PyTorch's default init) and computes the same
 # outputs bit for bit; only some state-dict keys changed (mean -> norm.mean, lastact.* -> lastact.0.*).
+# The old WRN's weights, bit for bit (sha256 of the state dicts: initialisation is exact on every CPU) ...
 OLD_WRN = {
     "plain_sd": "24bdad7f6e08fa5b867ea318aa8484bda224d444f13e14a196ecd268d4ed7fa6",
-    "plain_train_out": "99c589172872f507de1be7ebb38f08564e673c6f50cd60f44f49e7a81fee63c7",
-    "plain_eval_out": "be1b6f9776b0f338663d06d783092459fe5cc9a38eca6e86ed70183469a26659",
     "half_bn2_sd": "5c8d29341fb7cce4fc6e297af86b4ca4723d9e417a64e5873a8e5c124d7ae1c1",
-    "half_bn2_out": "60dfb27a2c2514e72557ced4192eb0c7095bdfd47a8cb56fdf5129b7dc5a6b84",
     "tm_sd": "913716a66ef1067abaabf95575f0a622d6c8a277f1cb16081796dcf33c002574",
-    "tm_m0_out": "f3dcb72c5becd91f1c1cc960ac3a99a8cf24321c89f54d959f1510fcd52fe80c",
-    "tm_m1_out": "11f7a5da07d30993195c7d2571dbd179c7d07ee668bb57035481fdef3da27740",
-    "tm_grown_out": "57e1682b2312792caf88e76e33ec31076e366231def60f4268f24a783c38904e",
+}
+# ... and its outputs (sum, sum of |x|, first three values). These were sha256 hashes of the output bytes until
+# 7 Dec 2026, recorded on the machine where the old and new WRN were compared bit for bit; on another CPU
+# (AMD EPYC) the same weights give outputs that differ in the last bits (convolution kernels sum in another
+# order), so the outputs are now compared to values recorded there, to 1e-4 relative.
+OLD_WRN_OUT = {
+    "plain_train_out": [1.178706, 6.41151, [-0.278275, 0.087009, -0.140658]],
+    "plain_eval_out": [0.025625, 0.211059, [-0.007952, -0.003417, 0.002291]],
+    "half_bn2_out": [3.639975, 7.381521, [0.50498, 0.585228, 0.191912]],
+    "tm_m0_out": [-0.930556, 12.403487, [0.44702, -0.690886, -0.161909]],
+    "tm_m1_out": [-1.227141, 19.761548, [0.447267, 1.171817, -1.096473]],
+    "tm_grown_out": [-2.835893, 25.655421, [0.897497, 1.639729, -1.207176]],
 }
 
 
@@ -427,8 +434,13 @@ def _sha(tensors) -> str:
     return h.hexdigest()
 
 
-def test_wrn_is_bit_identical_to_the_old_mixturegrowth_wrn():
-    got = {}
+def _stats(tensors) -> list:
+    t = torch.cat([v.detach().flatten() for v in tensors]).double()
+    return [float(t.sum()), float(t.abs().sum()), [float(v) for v in t[:3]]]
+
+
+def test_wrn_is_the_old_mixturegrowth_wrn():
+    got, out = {}, {}
     torch.manual_seed(1)
     x = torch.rand(3, 1, 8, 8)
     torch.manual_seed(0)
@@ -438,26 +450,31 @@ def test_wrn_is_bit_identical_to_the_old_mixturegrowth_wrn():
     assert keys[-3:] == ["lastact.0.running_var", "lastact.0.num_batches_tracked", "head.weight"]
     got["plain_sd"] = _sha(m.state_dict().values())
     m.train()
-    got["plain_train_out"] = _sha([m(x)])
+    out["plain_train_out"] = _stats([m(x)])
     m.eval()
-    got["plain_eval_out"] = _sha([m(x)])
+    out["plain_eval_out"] = _stats([m(x)])
     torch.manual_seed(0)
     h = build_wrn("wrn-10-1", num_classes=10, in_channels=1, half=True, bn2=True)   # k = 0.5, stem 8, bn2
     assert [h.conv_3x3.out_channels, h.stage_1[0].conv1.out_channels, h.stage_3[0].conv1.out_channels] == [8, 8, 32]
     got["half_bn2_sd"] = _sha(h.state_dict().values())
     h.train()
-    got["half_bn2_out"] = _sha([h(x)])
+    out["half_bn2_out"] = _stats([h(x)])
     torch.manual_seed(0)
     t = build_wrn("wrn-10-2", num_classes=10, in_channels=1, mean=[0.5], std=[0.25])
     apply(t)
     got["tm_sd"] = _sha(t.state_dict().values())
     t.train()
     for mem in (0, 1):
-        got[f"tm_m{mem}_out"] = _sha([_run(t, x + mem, mem)])
+        out[f"tm_m{mem}_out"] = _stats([_run(t, x + mem, mem)])
     grow(t, seed=0)
     t.train()
-    got["tm_grown_out"] = _sha([t(x)])
+    out["tm_grown_out"] = _stats([t(x)])
     assert got == OLD_WRN
+    assert out.keys() == OLD_WRN_OUT.keys()
+    for name, (total, abs_total, first) in OLD_WRN_OUT.items():
+        assert out[name][0] == pytest.approx(total, rel=1e-4, abs=1e-5), name
+        assert out[name][1] == pytest.approx(abs_total, rel=1e-4), name
+        assert out[name][2] == pytest.approx(first, rel=1e-4, abs=1e-5), name
 
 
 def test_macs_equal_the_old_analytic_count():
