@@ -62,7 +62,7 @@ RATE_SLACK = 0.03             # the fine-tuning aims this far below the budget, 
 WIDTHS = (32, 48, 64, 96, 128)
 GROW = ("tile", "widen", "none")   # what a budget above max_k_share of one network's weights buys
 MAX_K_SHARE = 0.5             # grow (more tiles, or a wider network) while k is above this share of a network's
-                              # weights (docs/results/image_codec.md, third pass: the tile sweep)
+                              # weights (docs/results/image_codec.md, fourth pass: the tile sweep)
 MIN_TILE = 32                 # pixels a side: a smaller tile spends too much of its budget on its record
 TILE_SIDE = 128               # tiles at most this many pixels a side: the size the fit's steps and pixels per
                               # step were tuned at (a 256x256 photo as one network fits 2-5 dB worse: the sweep)
@@ -281,31 +281,20 @@ def tile_grid(bpp: float, cfg: CodecConfig, sizes: list[int], h: int, w: int, k:
         return cfg.tiles
     if cfg.grow != "tile":
         return 1, 1
-    grids = _grids(h, w, cfg.tile_side)
     limit = cfg.max_k_share * sum(sizes)
-    for rows, cols in grids:
+    chosen = None
+    for rows, cols in _grids(h, w, cfg.tile_side):
         if k is not None:
             ks = [k * (y1 - y0) * (x1 - x0) / (h * w) for y0, y1, x0, x1 in container.tile_boxes(h, w, rows, cols)]
         else:
             try:
                 ks = [8 * b / cfg.bits_per_coef for b in tile_payload_bytes(bpp, len(sizes), h, w, rows, cols)]
             except ReparamError:
-                break                    # more tiles cannot pay for their records at this rate
+                break                    # this many tiles cannot pay for their records at this rate, nor can more
+        chosen = rows, cols
         if max(ks) <= limit:
-            return rows, cols
-    return grids[-1] if k is not None else _largest_affordable(bpp, sizes, h, w, grids)
-
-
-def _largest_affordable(bpp: float, sizes: list[int], h: int, w: int, grids: list[tuple[int, int]]
-                        ) -> tuple[int, int]:
-    best = (1, 1)
-    for rows, cols in grids:
-        try:
-            tile_payload_bytes(bpp, len(sizes), h, w, rows, cols)
-        except ReparamError:
             break
-        best = (rows, cols)
-    return best
+    return chosen or (1, 1)
 
 
 class TiledINR(nn.Module):
@@ -467,6 +456,7 @@ def encode(image: torch.Tensor, bpp: float, config: CodecConfig | None = None, *
     spec = network_for(bpp, cfg, c, h, w, k)
     sizes = layer_sizes(build_inr(spec, c, h, w))
     rows, cols = tile_grid(bpp, cfg, sizes, h, w, k)
+    # the grid first (a forced grid too fine for the image is named as such, not as a rate too small)
     container.check_network(c, h, w, spec.width, spec.depth, spec.fourier, [[1] * len(sizes)], rows, cols, "image")
     boxes = container.tile_boxes(h, w, rows, cols)
     target = target_bytes(bpp, h, w)
