@@ -615,6 +615,10 @@ def test_tiled_file_decodes_bit_exactly_and_keeps_the_rate(tiled):
 def test_tiled_container_refuses_inconsistent_grids():
     import struct
 
+    assert container.parse_grid("2X3") == (2, 3)
+    for bad in ("2", "2x", "ax2", "0x2", "2x256"):
+        with pytest.raises(ReparamError, match="tile grid|not allowed"):
+            container.parse_grid(bad)
     h = _header(tiles=2)
     data = container.pack(h, [bytes(8), bytes(4)])
     back, pays = container.parse(data)

@@ -51,15 +51,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def tile_grid(text: str) -> tuple[int, int]:
-    """--tiles RxC: rows x columns of the tile grid."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(t.strip().isdigit() for t in parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a tile grid; allowed: RxC, e.g. 2x2")
-    r, c = (int(t) for t in parts)
-    if not (1 <= r <= container.MAX_TILES and 1 <= c <= container.MAX_TILES):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; allowed: rows and columns in "
-                                         f"1..{container.MAX_TILES}")
-    return r, c
+    """--tiles RxC (container.parse_grid) as an argparse type."""
+    try:
+        return container.parse_grid(text)
+    except ReparamError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:

@@ -456,8 +456,7 @@ def encode(image: torch.Tensor, bpp: float, config: CodecConfig | None = None, *
     spec = network_for(bpp, cfg, c, h, w, k)
     sizes = layer_sizes(build_inr(spec, c, h, w))
     rows, cols = tile_grid(bpp, cfg, sizes, h, w, k)
-    # the grid first (a forced grid too fine for the image is named as such, not as a rate too small)
-    container.check_network(c, h, w, spec.width, spec.depth, spec.fourier, [[1] * len(sizes)], rows, cols, "image")
+    container.check_grid(h, w, rows, cols)   # before the rate split: a forced grid too fine for the image is named
     boxes = container.tile_boxes(h, w, rows, cols)
     target = target_bytes(bpp, h, w)
     shares = tile_payload_bytes(bpp, len(sizes), h, w, rows, cols)

@@ -2,7 +2,7 @@
 
 Every byte counts in bits per pixel, so this is not the safetensors + JSON container of model files
 (about 690 bytes of header). An image is coded by one network (version 1) or, when its budget is more
-than one network can use, by a grid of tiles with one network each (version 2, issue 18's third pass).
+than one network can use, by a grid of tiles with one network each (version 2, issue 18's fourth pass).
 The encoder writes version 1 whenever there is one tile, so such files are byte-identical to before.
 
 Version 1 (one network): 42 bytes plus 4 per layer (62 bytes for the default network, 0.03 bpp at 128x128).
@@ -225,7 +225,19 @@ def _check_fields(table: dict, values: dict[str, Any], where: str, suffix: str =
             raise ReparamError(f"{where}: {label} {_short(v)} is not allowed{suffix}; allowed: {allowed}")
 
 
-def _check_grid(height: int, width: int, rows: int, cols: int, where: str) -> None:
+def parse_grid(text: str) -> tuple[int, int]:
+    """A tile grid written RxC (rows x columns, e.g. 2x2), each in 1..MAX_TILES; the one parser of that form."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(t.strip().isdigit() for t in parts):
+        raise ReparamError(f"{text!r} is not a tile grid; allowed: RxC, e.g. 2x2")
+    r, c = (int(t) for t in parts)
+    if not (1 <= r <= MAX_TILES and 1 <= c <= MAX_TILES):
+        raise ReparamError(f"{text!r} is not allowed; allowed: rows and columns in 1..{MAX_TILES}")
+    return r, c
+
+
+def check_grid(height: int, width: int, rows: int, cols: int, where: str = "image") -> None:
+    """Every tile of an R x C grid at least MIN_SIDE pixels a side."""
     for n, side, name in ((rows, height, "tile rows"), (cols, width, "tile columns")):
         if side // n < MIN_SIDE:
             raise ReparamError(f"{where}: {name} {n} is not allowed for a side of {side} pixels; allowed: "
@@ -249,7 +261,7 @@ def check_network(channels: int, height: int, width: int, inr_width: int, depth:
     _check_fields(HEADER_FIELDS, {"channels": channels, "height": height, "width": width, "inr_width": inr_width,
                                   "depth": depth, "fourier": fourier, "rows": rows, "cols": cols}, where,
                   " in an image file")
-    _check_grid(height, width, rows, cols, where)
+    check_grid(height, width, rows, cols, where)
     for budgets in tile_budgets:
         _check_fields(TILE_FIELDS, {"budgets": list(budgets)}, where, " in an image file")
     check_work(channels, height, width, inr_width, depth, fourier, tile_budgets, where)
@@ -260,7 +272,7 @@ def _check(h: Header, where: str) -> None:
     layer table describes this network, no budget exceeds its layer, the work is bounded): the same for
     writing and reading."""
     _check_fields(HEADER_FIELDS, {n: getattr(h, n) for n in HEADER_FIELDS}, where)
-    _check_grid(h.height, h.width, h.rows, h.cols, where)
+    check_grid(h.height, h.width, h.rows, h.cols, where)
     if len(h.tiles) != h.rows * h.cols:
         raise ReparamError(f"{where}: {len(h.tiles)} tile records are not allowed; allowed: {h.rows * h.cols} for "
                            f"a {h.rows}x{h.cols} grid")

@@ -19,16 +19,8 @@ import torch
 
 from reparam.core.errors import ReparamError
 from reparam.experiments.image import classic
-from reparam.image import codec
+from reparam.image import codec, container
 from reparam.image.metrics import from_uint8, quality
-
-
-def _grid(text: str) -> tuple[int, int]:
-    r, _, c = text.lower().partition("x")
-    return int(r), int(c)                  # a ValueError is reported naming the setting
-
-
-_grid.__name__ = "RxC tile grid"
 
 # name -> (where it lives, type)
 SETTINGS: dict[str, tuple[str, type]] = {
@@ -38,7 +30,7 @@ SETTINGS: dict[str, tuple[str, type]] = {
     "warmup": ("fit", int),
     "bits_per_coef": ("codec", float), "qat_steps": ("codec", int), "qat_lr": ("codec", float),
     "budget_rule": ("codec", str), "entropy_model": ("codec", str), "sensitivity_steps": ("codec", int),
-    "grow": ("codec", str), "max_k_share": ("codec", float), "tiles": ("codec", _grid),
+    "grow": ("codec", str), "max_k_share": ("codec", float), "tiles": ("codec", container.parse_grid),
     "tile_side": ("codec", int),
     "seed": ("codec", int),
 }
@@ -56,6 +48,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             grid[name] = [typ(v) for v in values.split(",") if v.strip()]
         except ValueError:
             raise ReparamError(f"setting {name}: {values!r} are not {typ.__name__} values") from None
+        except ReparamError as e:          # a parser with its own message (tiles: container.parse_grid)
+            raise ReparamError(f"setting {name}: {e}") from None
         if not grid[name]:
             raise ReparamError(f"setting {name} has no values")
     return grid
